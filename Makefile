@@ -1,0 +1,67 @@
+# Mesh Workbench — the two commands: `make demo` and `make test`.
+# Both set up everything on a fresh Debian/Ubuntu machine and are fast when already set up.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-test prometheus doctor demo test lint bench clean
+
+help:
+	@echo "make demo   set up, check the machine, run the default experiment suite on the local mesh"
+	@echo "make test   set up with test extras, then ruff and pytest (notebooks included)"
+	@echo "make bench  run the benchmarks and print their figures"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+# Stamps make re-runs instant; they are rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed prometheus
+install-test: $(VENV)/.installed-test prometheus
+
+# Prometheus comes from the system (Debian's package): the local mesh runs its own instance.
+prometheus:
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Prometheus (Debian package) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || exit 1; \
+		(systemctl stop prometheus || service prometheus stop || true) >/dev/null 2>&1; \
+		(systemctl disable prometheus || true) >/dev/null 2>&1; \
+	else \
+		echo "Prometheus is missing: run 'sudo apt-get install -y --no-install-recommends prometheus' (or put prometheus and promtool on PATH), then re-run make."; \
+		exit 1; \
+	fi
+
+doctor: install
+	$(BIN)/workbench doctor
+
+# The default suite step is `workbench validate` until the experiment runner lands (see README).
+demo: install
+	$(BIN)/workbench doctor
+	$(BIN)/workbench validate experiments.yaml
+
+lint: install-test
+	$(BIN)/ruff check .
+
+# pytest exits 5 when it collects no test: that is a failure here, as any non-zero status is.
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/pytest --nbval-lax
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .ruff_cache
