@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,3 +37,16 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present beside the repository")
     return SHARED
+
+
+def processes_using(directory: Path) -> list[psutil.Process]:
+    """Running processes whose command line names a file inside ``directory``."""
+    needle = str(directory) + os.sep
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if needle in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

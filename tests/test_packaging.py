@@ -13,7 +13,7 @@ from conftest import REPO
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 ENV = yaml.safe_load((REPO / "environment.yml").read_text())
 # PyPI name -> conda-forge name, where they differ.
-CONDA_NAMES = {"kubernetes": "python-kubernetes"}
+CONDA_NAMES = {"kubernetes": "python-kubernetes", "prometheus-client": "prometheus_client"}
 
 
 def _conda_specs() -> dict[str, str]:

@@ -130,6 +130,11 @@ def doctor_cmd(
     out.print(f"everything the {chosen} backend needs is here.")
 
 
+from workbench.cli_local import local_app  # noqa: E402 - registered after the shared consoles exist
+
+app.add_typer(local_app, name="local")
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -644,38 +644,38 @@ def load(path: str | Path) -> Config:
 
 def loads(text: str, source: str = "experiments.yaml") -> Config:
     """Validate experiments YAML given as text; ``source`` names it in messages."""
-    try:
-        located = load_yaml(text)
-    except YamlProblem as exc:
-        raise ConfigError([Problem(source, exc.line, "", exc.message)]) from None
-    data = located.data
-    if data is None:
-        raise ConfigError(
-            [Problem(source, None, "", "file is empty; expected a mapping with 'experiments:'")]
-        )
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [
-                Problem(
-                    source,
-                    1,
-                    "",
-                    "top level must be a mapping with keys backend, defaults, experiments "
-                    f"(got {_kind_of(data)})",
-                )
-            ]
-        )
-    try:
-        cfg = Config.model_validate(data, context={"deferred_checks": True})
-    except ValidationError as exc:
-        problems = [_problem(err, located, source) for err in exc.errors()]
-        raise ConfigError(_dedupe(problems)) from None
+    cfg, located = parse_model(text, Config, source, context={"deferred_checks": True})
     semantic = semantic_problems(cfg)
     if semantic:
         raise ConfigError(
             [Problem(source, located.line_of(loc), format_path(loc), msg) for loc, msg in semantic]
         )
     return cfg
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(
+    text: str, model: type[M], source: str, context: dict[str, Any] | None = None
+) -> tuple[M, Located]:
+    """Parse YAML text into ``model``; every problem becomes a located ConfigError line."""
+    try:
+        located = load_yaml(text)
+    except YamlProblem as exc:
+        raise ConfigError([Problem(source, exc.line, "", exc.message)]) from None
+    data = located.data
+    keys = ", ".join(model.model_fields)
+    if data is None:
+        raise ConfigError([Problem(source, None, "", f"file is empty; expected a mapping with keys {keys}")])
+    if not isinstance(data, dict):
+        message = f"top level must be a mapping with keys {keys} (got {_kind_of(data)})"
+        raise ConfigError([Problem(source, 1, "", message)])
+    try:
+        return model.model_validate(data, context=context), located
+    except ValidationError as exc:
+        problems = [_problem(err, located, source, model) for err in exc.errors()]
+        raise ConfigError(_dedupe(problems)) from None
 
 
 def format_path(loc: Iterable[Any]) -> str:
@@ -686,7 +686,7 @@ def format_path(loc: Iterable[Any]) -> str:
     return out
 
 
-def _problem(err: dict[str, Any], located: Located, source: str) -> Problem:
+def _problem(err: dict[str, Any], located: Located, source: str, root: type[BaseModel]) -> Problem:
     loc = _clean_loc(err["loc"], located.data)
     kind, value = err["type"], err.get("input")
     ctx = err.get("ctx") or {}
@@ -704,7 +704,9 @@ def _problem(err: dict[str, Any], located: Located, source: str) -> Problem:
     elif kind == "missing":
         message = "required field is missing"
     elif kind == "extra_forbidden":
-        message = f"unknown key '{loc[-1]}'{_did_you_mean(str(loc[-1]), _allowed_keys(loc, located.data))}"
+        message = (
+            f"unknown key '{loc[-1]}'{_did_you_mean(str(loc[-1]), _allowed_keys(loc, located.data, root))}"
+        )
     elif kind == "union_tag_not_found":
         field = ctx.get("discriminator", "").strip("'")
         loc = (*loc, field)
@@ -818,8 +820,8 @@ def _unwrap(tp: Any, node: Any) -> Any:
         return tp
 
 
-def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
-    tp: Any = Config
+def _allowed_keys(loc: tuple[Any, ...], data: Any, root: type[BaseModel]) -> list[str]:
+    tp: Any = root
     node = data
     if isinstance(node, dict) and isinstance(node.get("backend"), str):
         node = {**node, "backend": {"type": node["backend"]}}

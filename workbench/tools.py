@@ -6,9 +6,12 @@ The virtual environment's own ``bin`` comes first, so ``.venv/bin/workbench`` fi
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +61,12 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` for children that must not outlive us: the kernel SIGTERMs them if we die.
+
+    Linux only (PR_SET_PDEATHSIG); elsewhere a no-op, and stop-on-exit relies on our own cleanup.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

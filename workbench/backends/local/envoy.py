@@ -1,0 +1,538 @@
+"""Rendering Envoy configuration for the local mesh, validating it, and swapping it in live.
+
+Each Envoy reads listeners, clusters and routes from files (``path_config_source``). Traffic
+changes rewrite only route files (RDS), so listeners and their connections stay untouched.
+Files are replaced atomically (write a temp file, rename over): Envoy reacts to the move, and
+rejects an invalid file while keeping the last good config. Before any file is written, the
+whole configuration is checked by the real ``envoy --mode validate``.
+
+Semantics follow Istio: traffic policy (splits, header routes, faults, retries, timeouts,
+circuit breakers) is applied by the caller's outbound sidecar; authorization (RBAC) by the
+callee's inbound sidecar.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench.backends.local.app import CALLER_HEADER
+from workbench.backends.local.certs import CertFiles, spiffe_id
+from workbench.config import CircuitBreaker, Fault, Policy, PolicyRule, Retries, Route
+
+T = "type.googleapis.com/"
+HCM = T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = T + "envoy.extensions.filters.http.router.v3.Router"
+FAULT = T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
+RBAC = T + "envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE = T + "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+FILE_LOG = T + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+TLS_DOWN = T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+TLS_UP = T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+HTTP_OPTS = T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# Envoy records request times in whole milliseconds; these buckets keep the low end useful.
+RQ_TIME_BUCKETS_MS = [
+    0.5,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    8,
+    10,
+    12,
+    15,
+    20,
+    25,
+    30,
+    40,
+    50,
+    75,
+    100,
+    150,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+]
+
+ACCESS_LOG_FORMAT = {
+    "start_time": "%START_TIME(%s.%6f)%",
+    "duration_us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
+    "upstream_us": "%COMMON_DURATION(US_TX_BEG:US_RX_END:us)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "caller": f"%REQ({CALLER_HEADER.upper()})%",
+    "peer": "%DOWNSTREAM_PEER_URI_SAN%",
+    "version": "%RESP(X-VERSION)%",
+}
+
+
+class EnvoyConfigError(RuntimeError):
+    """``envoy --mode validate`` rejected a rendered configuration."""
+
+
+@dataclass
+class TrafficPolicy:
+    """Everything an outbound sidecar applies to calls to one service."""
+
+    split: dict[str, int]
+    route: Route | None = None
+    route_version: str | None = None
+    fault: Fault | None = None
+    retries: Retries | None = None
+    timeout_s: float | None = None
+    breaker: CircuitBreaker | None = None
+
+
+@dataclass
+class Sidecar:
+    """One Envoy process: its name, ports, files and what it routes to."""
+
+    name: str  # e.g. "reviews-v2-inbound"
+    identity: str  # the service it speaks for (mTLS SAN, caller header)
+    direction: str  # "inbound" or "outbound"
+    admin_port: int
+    listen_port: int
+    directory: Path
+    concurrency: int = 1
+    app_port: int | None = None  # inbound: the local app
+    callees: list[str] = field(default_factory=list)  # outbound: services it can call
+    service: str = ""
+    version: str = ""
+
+    def path(self, kind: str) -> Path:
+        return self.directory / f"{kind}.yaml"
+
+
+@dataclass
+class MeshView:
+    """What the renderer needs to know about the whole mesh."""
+
+    inbound_ports: dict[str, dict[str, int]]  # service -> version -> inbound sidecar port
+    traffic: dict[str, TrafficPolicy]  # service -> policy applied by callers
+    policies: dict[str, Policy]  # service -> authorization policy
+    certs: dict[str, CertFiles] | None  # identity -> files, in both-mtls mode
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def bootstrap(sc: Sidecar, view: MeshView) -> dict[str, Any]:
+    """The bootstrap: admin on 127.0.0.1, static listener, routes (and outbound clusters) from files.
+
+    Listeners never change (only their routes do), and an inbound sidecar's one cluster never
+    changes either, so they are static: every file subscription costs Envoy an inotify instance,
+    and a machine allows only 128 per user by default.
+    """
+    static: dict[str, Any] = {"listeners": listeners(sc, view)}
+    dynamic: dict[str, Any] = {}
+    if sc.direction == "inbound":
+        static["clusters"] = clusters(sc, view)
+    else:
+        dynamic["cds_config"] = {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": str(sc.path("cds"))},
+        }
+    out: dict[str, Any] = {
+        "node": {"id": sc.name, "cluster": sc.identity},
+        "admin": {"address": _addr(sc.admin_port)},
+        "static_resources": static,
+        "stats_config": {
+            "histogram_bucket_settings": [
+                {"match": {"safe_regex": {"regex": ".*rq_time$"}}, "buckets": RQ_TIME_BUCKETS_MS},
+            ]
+        },
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": T + "envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 50000,
+                    },
+                }
+            ]
+        },
+    }
+    if dynamic:
+        out["dynamic_resources"] = dynamic
+    return out
+
+
+def listeners(sc: Sidecar, view: MeshView) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = []
+    if sc.direction == "inbound":
+        filters.append({"name": "envoy.filters.http.rbac", "typed_config": {"@type": RBAC}})
+    else:
+        filters.append({"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}})
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}})
+    hcm: dict[str, Any] = {
+        "@type": HCM,
+        "stat_prefix": sc.direction,
+        "rds": {
+            "route_config_name": sc.direction,
+            "config_source": {
+                "resource_api_version": "V3",
+                "path_config_source": {"path": str(sc.path("rds"))},
+            },
+        },
+        "http_filters": filters,
+        "generate_request_id": True,
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": FILE_LOG,
+                    "path": str(sc.directory / "access.log"),
+                    "log_format": {"json_format": ACCESS_LOG_FORMAT},
+                },
+            }
+        ],
+    }
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if sc.direction == "inbound" and view.certs is not None:
+        files = view.certs[sc.identity]
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": TLS_DOWN,
+                "require_client_certificate": True,
+                "common_tls_context": _tls_common(files, allowed_sans=None),
+            },
+        }
+        hcm["forward_client_cert_details"] = "SANITIZE_SET"
+        hcm["set_current_client_cert_details"] = {"uri": True}
+    return [{"name": sc.direction, "address": _addr(sc.listen_port), "filter_chains": [chain]}]
+
+
+def clusters(sc: Sidecar, view: MeshView) -> list[dict[str, Any]]:
+    if sc.direction == "inbound":
+        assert sc.app_port is not None
+        return [_static_cluster("local_app", sc.app_port)]
+    out = []
+    for callee in sc.callees:
+        policy = view.traffic[callee]
+        for version, port in view.inbound_ports[callee].items():
+            cluster = _static_cluster(cluster_name(callee, version), port)
+            if view.certs is not None:
+                files = view.certs[sc.identity]
+                cluster["transport_socket"] = {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": TLS_UP,
+                        "sni": callee,
+                        "common_tls_context": _tls_common(files, allowed_sans=[spiffe_id(callee)]),
+                    },
+                }
+            if policy.breaker is not None:
+                _apply_breaker(cluster, policy.breaker)
+            out.append(cluster)
+    return out
+
+
+def routes(sc: Sidecar, view: MeshView) -> dict[str, Any]:
+    """RouteConfiguration: outbound = per-callee traffic policy; inbound = RBAC + local app."""
+    if sc.direction == "inbound":
+        route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}}
+        policy = view.policies.get(sc.service)
+        if policy is not None:
+            route["typed_per_filter_config"] = {
+                "envoy.filters.http.rbac": {
+                    "@type": RBAC_PER_ROUTE,
+                    "rbac": {"rules": rbac_rules(policy, view)},
+                }
+            }
+        hosts = [{"name": "local", "domains": ["*"], "routes": [route]}]
+        return {"name": "inbound", "virtual_hosts": hosts}
+    hosts = [_virtual_host(callee, view.traffic[callee]) for callee in sc.callees]
+    return {
+        "name": "outbound",
+        "virtual_hosts": hosts,
+        "request_headers_to_add": [
+            {
+                "header": {"key": CALLER_HEADER, "value": sc.identity},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
+
+
+def cluster_name(service: str, version: str) -> str:
+    return f"outbound|{service}|{version}"
+
+
+def rbac_rules(policy: Policy, view: MeshView) -> dict[str, Any]:
+    """Envoy RBAC for an Istio-style policy: ALLOW or DENY when any rule matches."""
+    return {
+        "action": "ALLOW" if policy.action == "allow" else "DENY",
+        "policies": {
+            f"rule-{i}": {"permissions": [_permission(rule)], "principals": [_principal(rule, view)]}
+            for i, rule in enumerate(policy.rules)
+        },
+    }
+
+
+def _permission(rule: PolicyRule) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    if rule.paths:
+        parts.append({"or_rules": {"rules": [{"url_path": {"path": _path_match(p)}} for p in rule.paths]}})
+    if rule.methods:
+        parts.append(
+            {
+                "or_rules": {
+                    "rules": [
+                        {"header": {"name": ":method", "string_match": {"exact": m}}} for m in rule.methods
+                    ]
+                }
+            }
+        )
+    if not parts:
+        return {"any": True}
+    return parts[0] if len(parts) == 1 else {"and_rules": {"rules": parts}}
+
+
+def _principal(rule: PolicyRule, view: MeshView) -> dict[str, Any]:
+    if not rule.sources:
+        return {"any": True}
+    if view.certs is not None:  # mTLS: the verified peer certificate is the caller's identity
+        ids = [{"authenticated": {"principal_name": {"exact": spiffe_id(s)}}} for s in rule.sources]
+    else:  # plaintext: the caller header set by the caller's sidecar
+        ids = [{"header": {"name": CALLER_HEADER, "string_match": {"exact": s}}} for s in rule.sources]
+    return ids[0] if len(ids) == 1 else {"or_ids": {"ids": ids}}
+
+
+def _path_match(pattern: str) -> dict[str, Any]:
+    """Istio path semantics: exact, ``prefix*``, ``*suffix`` or ``*``."""
+    if pattern == "*":
+        return {"prefix": "/"}
+    if pattern.endswith("*"):
+        return {"prefix": pattern[:-1]}
+    if pattern.startswith("*"):
+        return {"suffix": pattern[1:]}
+    return {"exact": pattern}
+
+
+def _virtual_host(service: str, policy: TrafficPolicy) -> dict[str, Any]:
+    action: dict[str, Any] = {"timeout": f"{policy.timeout_s:g}s" if policy.timeout_s else "30s"}
+    if policy.retries is not None:
+        r = policy.retries
+        retry: dict[str, Any] = {"retry_on": ",".join(r.retry_on), "num_retries": r.attempts}
+        if r.per_try_timeout:
+            retry["per_try_timeout"] = f"{r.per_try_timeout:g}s"
+        action["retry_policy"] = retry
+    weighted = [{"name": cluster_name(service, v), "weight": w} for v, w in policy.split.items() if w > 0]
+    default = {**action}
+    if len(weighted) == 1:
+        default["cluster"] = weighted[0]["name"]
+    else:
+        default["weighted_clusters"] = {"clusters": weighted}
+    route_list: list[dict[str, Any]] = []
+    if policy.route is not None and policy.route_version is not None:
+        route_list.append(
+            {
+                "name": "ab-match",
+                "match": {"prefix": "/", "headers": [_header_match(policy.route)]},
+                "route": {**action, "cluster": cluster_name(service, policy.route_version)},
+            }
+        )
+    route_list.append({"name": "default", "match": {"prefix": "/"}, "route": default})
+    if policy.fault is not None:
+        for r in route_list:
+            r["typed_per_filter_config"] = {"envoy.filters.http.fault": _fault(policy.fault)}
+    return {"name": service, "domains": [service, f"{service}:*"], "routes": route_list}
+
+
+def _header_match(route: Route) -> dict[str, Any]:
+    if route.header is not None:
+        return {"name": route.header, "string_match": {"exact": route.value}}
+    value = route.value.replace("\\", "\\\\")
+    regex = rf"(^|.*;\s*){_re_escape(route.cookie or '')}={_re_escape(value)}(;.*|$)"
+    return {"name": "cookie", "string_match": {"safe_regex": {"regex": regex}}}
+
+
+def _re_escape(text: str) -> str:
+    return "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in text)
+
+
+def _fault(fault: Fault) -> dict[str, Any]:
+    pct = {"numerator": round(fault.percent * 10_000), "denominator": "MILLION"}
+    out: dict[str, Any] = {"@type": FAULT}
+    if fault.delay is not None:
+        out["delay"] = {"fixed_delay": f"{fault.delay:g}s", "percentage": pct}
+    else:
+        out["abort"] = {"http_status": fault.abort, "percentage": pct}
+    return out
+
+
+def _apply_breaker(cluster: dict[str, Any], b: CircuitBreaker) -> None:
+    thresholds: dict[str, Any] = {"priority": "DEFAULT"}
+    for key in ("max_connections", "max_pending_requests", "max_requests"):
+        value = getattr(b, key)
+        if value is not None:
+            thresholds[key] = value
+    cluster["circuit_breakers"] = {"thresholds": [thresholds]}
+    if b.consecutive_5xx is not None:
+        cluster["outlier_detection"] = {
+            "consecutive_5xx": b.consecutive_5xx,
+            "interval": f"{b.interval:g}s",
+            "base_ejection_time": f"{b.base_ejection_time:g}s",
+            "max_ejection_percent": int(b.max_ejection_percent),
+        }
+
+
+def _static_cluster(name: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_OPTS,
+                "explicit_http_config": {"http_protocol_options": {}},
+                "common_http_protocol_options": {"idle_timeout": "300s"},
+            }
+        },
+    }
+
+
+def _tls_common(files: CertFiles, allowed_sans: list[str] | None) -> dict[str, Any]:
+    validation: dict[str, Any] = {"trusted_ca": {"filename": str(files.ca)}}
+    if allowed_sans:
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": "URI", "matcher": {"exact": san}} for san in allowed_sans
+        ]
+    return {
+        "tls_certificates": [
+            {"certificate_chain": {"filename": str(files.cert)}, "private_key": {"filename": str(files.key)}}
+        ],
+        "validation_context": validation,
+    }
+
+
+def _addr(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and atomic writes
+
+
+def rendered(sc: Sidecar, view: MeshView) -> dict[str, Any]:
+    """Every file of one sidecar, as data: bootstrap, rds and (outbound) cds."""
+    files = {
+        "bootstrap": bootstrap(sc, view),
+        "rds": {"resources": [{"@type": T + "envoy.config.route.v3.RouteConfiguration", **routes(sc, view)}]},
+    }
+    if sc.direction == "outbound":
+        files["cds"] = {
+            "resources": [{"@type": T + "envoy.config.cluster.v3.Cluster", **x} for x in clusters(sc, view)]
+        }
+    return files
+
+
+def _static_equivalent(files: dict[str, Any]) -> dict[str, Any]:
+    """The bootstrap with the route (and cluster) files inlined, for ``--mode validate``."""
+    boot = copy.deepcopy(files["bootstrap"])
+    boot.pop("dynamic_resources", None)
+    route_config = {k: v for k, v in files["rds"]["resources"][0].items() if k != "@type"}
+    for listener in boot["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                hcm = f["typed_config"]
+                hcm.pop("rds", None)
+                hcm["route_config"] = route_config
+    if "cds" in files:
+        boot["static_resources"]["clusters"] = [
+            {k: v for k, v in x.items() if k != "@type"} for x in files["cds"]["resources"]
+        ]
+    return boot
+
+
+def validate(envoy_bin: Path, configs: dict[str, dict[str, Any]], workdir: Path) -> None:
+    """Run ``envoy --mode validate`` on every sidecar's config; EnvoyConfigError names the bad one."""
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def one(item: tuple[str, dict[str, Any]]) -> tuple[str, int, str]:
+        name, files = item
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=workdir, delete=False) as fh:
+            yaml.safe_dump(_static_equivalent(files), fh, sort_keys=False)
+        try:
+            proc = subprocess.run(
+                [str(envoy_bin), "--mode", "validate", "-c", fh.name, "-l", "error", "--disable-hot-restart"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.unlink(fh.name)
+        return name, proc.returncode, (proc.stdout + proc.stderr).strip()
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        for name, code, output in pool.map(one, configs.items()):
+            if code != 0:
+                lines = [x for x in output.splitlines() if x.strip()][-5:]
+                raise EnvoyConfigError(
+                    f"envoy --mode validate rejected the config of {name}:\n" + "\n".join(lines)
+                )
+
+
+def write_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write YAML next to ``path`` and rename it over, so Envoy sees one complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(data, fh, sort_keys=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def envoy_argv(envoy_bin: Path, sc: Sidecar) -> list[str]:
+    return [
+        str(envoy_bin),
+        "-c",
+        str(sc.path("bootstrap")),
+        "--concurrency",
+        str(sc.concurrency),
+        "--disable-hot-restart",
+        "--log-level",
+        "warning",
+        "--file-flush-interval-msec",
+        "1000",
+        "--drain-time-s",
+        "1",
+    ]

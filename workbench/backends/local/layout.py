@@ -1,0 +1,145 @@
+"""Where every process of the local mesh lives: ports, sidecars and files, per sidecar mode.
+
+- ``none``: load and apps call apps directly (a version picked uniformly, like kube-proxy).
+- ``serveronly``: an inbound sidecar in front of every app; callers reach it directly.
+- ``both``: also an outbound sidecar per app, and one for the load generator (``loadgen``),
+  like istio/tools' client sidecar; the outbound sidecars apply traffic policy.
+- ``both-mtls``: as ``both``, with mutual TLS between sidecars.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from workbench.backends.local.envoy import Sidecar
+from workbench.backends.local.procs import free_ports
+from workbench.backends.local.topology import Topology
+
+Mode = Literal["none", "serveronly", "both", "both-mtls"]
+MODES: tuple[str, ...] = ("none", "serveronly", "both", "both-mtls")
+LOADGEN = "loadgen"
+
+
+@dataclass
+class AppInstance:
+    service: str
+    version: str
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.version}"
+
+
+@dataclass
+class Layout:
+    """The planned mesh: apps, sidecars, Prometheus port and the run directory."""
+
+    mode: Mode
+    run_dir: Path
+    apps: dict[str, dict[str, AppInstance]]  # service -> version -> app
+    inbound: dict[str, dict[str, Sidecar]] = field(default_factory=dict)
+    outbound: dict[str, Sidecar] = field(default_factory=dict)  # "<service>-<version>" or LOADGEN
+    prometheus_port: int = 0
+
+    @property
+    def sidecars(self) -> list[Sidecar]:
+        return [sc for versions in self.inbound.values() for sc in versions.values()] + list(
+            self.outbound.values()
+        )
+
+    @property
+    def has_outbound(self) -> bool:
+        return self.mode in ("both", "both-mtls")
+
+    @property
+    def mtls(self) -> bool:
+        return self.mode == "both-mtls"
+
+    def inbound_ports(self) -> dict[str, dict[str, int]]:
+        return {s: {v: sc.listen_port for v, sc in vs.items()} for s, vs in self.inbound.items()}
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "run_dir": str(self.run_dir),
+            "prometheus_port": self.prometheus_port,
+            "apps": {s: {v: a.port for v, a in vs.items()} for s, vs in self.apps.items()},
+            "sidecars": [
+                {k: (str(v) if isinstance(v, Path) else v) for k, v in sc.__dict__.items()}
+                for sc in self.sidecars
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Layout:
+        apps = {s: {v: AppInstance(s, v, p) for v, p in vs.items()} for s, vs in state["apps"].items()}
+        layout = cls(state["mode"], Path(state["run_dir"]), apps, prometheus_port=state["prometheus_port"])
+        for raw in state["sidecars"]:
+            sc = Sidecar(**{**raw, "directory": Path(raw["directory"])})
+            if sc.direction == "inbound":
+                layout.inbound.setdefault(sc.service, {})[sc.version] = sc
+            else:
+                layout.outbound[sc.name.removesuffix("-outbound")] = sc
+        return layout
+
+
+def plan(
+    topology: Topology, mode: Mode, run_dir: Path, concurrency: int = 1, loadgen_concurrency: int = 2
+) -> Layout:
+    """Choose free ports and name every process and directory."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
+    versions = [(s, v) for s, spec in topology.services.items() for v in spec.versions]
+    n_in = len(versions) if mode != "none" else 0
+    n_out = len(versions) + 1 if mode in ("both", "both-mtls") else 0
+    ports = iter(free_ports(len(versions) + 2 * n_in + 2 * n_out + 1))
+    apps: dict[str, dict[str, AppInstance]] = {}
+    for s, v in versions:
+        apps.setdefault(s, {})[v] = AppInstance(s, v, next(ports))
+    layout = Layout(mode, run_dir, apps)
+    if n_in:
+        for s, v in versions:
+            name = f"{s}-{v}-inbound"
+            layout.inbound.setdefault(s, {})[v] = Sidecar(
+                name=name,
+                identity=s,
+                direction="inbound",
+                admin_port=next(ports),
+                listen_port=next(ports),
+                directory=run_dir / "envoy" / name,
+                concurrency=concurrency,
+                app_port=apps[s][v].port,
+                service=s,
+                version=v,
+            )
+    if n_out:
+        for s, v in versions:
+            name = f"{s}-{v}-outbound"
+            layout.outbound[f"{s}-{v}"] = Sidecar(
+                name=name,
+                identity=s,
+                direction="outbound",
+                admin_port=next(ports),
+                listen_port=next(ports),
+                directory=run_dir / "envoy" / name,
+                concurrency=concurrency,
+                callees=list(topology.services),
+                service=s,
+                version=v,  # every service, as Istio
+            )
+        layout.outbound[LOADGEN] = Sidecar(
+            name=f"{LOADGEN}-outbound",
+            identity=LOADGEN,
+            direction="outbound",
+            admin_port=next(ports),
+            listen_port=next(ports),
+            directory=run_dir / "envoy" / f"{LOADGEN}-outbound",
+            concurrency=loadgen_concurrency,
+            callees=list(topology.services),
+            service=LOADGEN,
+        )
+    layout.prometheus_port = next(ports)
+    return layout

