@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="shorter points and fewer of them")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--slo-ms", type=float, default=20.0, help="p99 objective for the capacity search")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating workbench / by-hand repetitions")
     args = ap.parse_args(argv)
     duration = 3.0 if args.quick else 5.0
     rps_list = [200, 1000] if args.quick else [200, 500, 1000]
@@ -230,25 +231,32 @@ def main(argv: list[str] | None = None) -> None:
                             "dropped%": p.dropped_pct,
                         }
                     )
-            cap, _ = _capacity(lambda r, m=mesh: _point(m, r, 64, duration), steps, args.slo_ms)
-            ref = _point(mesh, 1000, 16, duration)
             cost = _cost(mesh, duration) if mode != "none" else {}
             target = mesh.load_target(SERVICE)
-        # The same processes, the same k6 script, by hand.
+        # Capacity and p50, alternating the workbench and the same processes + k6 script by hand
+        # (W H W H ...), so drift of this shared machine hits both alike; medians are reported.
         by_hand = partial(
             _by_hand, run_dir, mode, duration=duration, target_urls=list(target.urls), headers=target.headers
         )
-        hand_cap, _ = _capacity(lambda r, f=by_hand: f(r, 64), steps, args.slo_ms)
-        hand_ref = by_hand(1000, 16)
+        caps, hand_caps, p50s, hand_p50s = [], [], [], []
+        for _ in range(args.repeats):
+            with LocalMesh(mode=mode, run_dir=run_dir, wait_for_metrics=False) as again:
+                caps.append(_capacity(lambda r, m=again: _point(m, r, 64, duration), steps, args.slo_ms)[0])
+                p50s.append(_point(again, 1000, 16, duration).p50)
+            hand_caps.append(_capacity(lambda r, f=by_hand: f(r, 64), steps, args.slo_ms)[0])
+            hand_p50s.append(by_hand(1000, 16).p50)
         shutil.rmtree(run_dir, ignore_errors=True)
+        cap, hand_cap = float(np.median(caps)), float(np.median(hand_caps))
+        p50, hand_p50 = float(np.median(p50s)), float(np.median(hand_p50s))
         row = {
             "mode": mode,
             "max_rps": cap,
             "hand_max_rps": hand_cap,
             "capacity_ratio": cap / hand_cap if hand_cap else float("nan"),
-            "p50@1000x16": ref.p50,
-            "hand_p50": hand_ref.p50,
-            "p50_ratio": ref.p50 / hand_ref.p50,
+            "p50@1000x16": p50,
+            "hand_p50": hand_p50,
+            "p50_ratio": p50 / hand_p50,
+            "runs": f"W {caps} / H {hand_caps}",
         }
         for who, (cores, rss) in cost.items():
             row[f"{who} cores/1000rps"] = cores

@@ -12,7 +12,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from workbench.backends.base import BackendError
 from workbench.backends.local import LocalMesh
-from workbench.config import Fault, Policy, PolicyRule, Route
+from workbench.config import CircuitBreaker, Fault, Policy, PolicyRule, Retries, Route
 from workbench.load.results import LoadProfile
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def mtls_mesh() -> LocalMesh:
 def test_every_version_answers_through_the_sidecars(mesh: LocalMesh) -> None:
     resp = mesh.request_as("loadgen", "frontend")
     assert resp.status_code == 200 and resp.headers["x-version"] == "v1"
-    assert len(mesh.status()) == 8 + 17 + 1 and all(row["alive"] for row in mesh.status())
+    assert len(mesh.status()) == 8 + 17 + 2 and all(row["alive"] for row in mesh.status())
 
 
 def test_split_90_10_within_binomial_interval(mesh: LocalMesh) -> None:
@@ -56,10 +56,11 @@ def test_live_split_changes_under_load_fail_nothing_and_keep_connections(mesh: L
     mesh.set_split("catalog", {"v1": 90, "v2": 10})
     lg = mesh.admin_url("loadgen-outbound")
     result: dict = {}
-    profile = LoadProfile(rps=300, connections=8, duration_s=9, warmup_s=1)
+    # No warm-up phase: k6 cancels requests in flight when a warm-up ends, closing connections.
+    profile = LoadProfile(rps=300, connections=8, duration_s=12, warmup_s=0)
     loader = threading.Thread(target=lambda: result.setdefault("r", mesh.run_load("catalog", profile)))
     loader.start()
-    time.sleep(3.0)  # k6 has started and finished its warm-up; its connections are established
+    time.sleep(2.5)  # k6 has started; its connections are established
     before = _stats(lg)
     switched = []
     for split in ({"v1": 50, "v2": 50}, {"v1": 0, "v2": 100}):
@@ -78,7 +79,7 @@ def test_live_split_changes_under_load_fail_nothing_and_keep_connections(mesh: L
     assert during["http.outbound.downstream_cx_total"] - before["http.outbound.downstream_cx_total"] <= 8
     ts = samples["timestamp"].astype("int64") / 1e9
     last = samples[ts > switched[1] + 0.3]
-    assert len(last) > 300 and set(last["variant"]) == {"v2"}
+    assert len(last) > 150 and set(last["variant"]) == {"v2"}
     middle = samples[(ts > switched[0] + 0.3) & (ts < switched[1] - 0.3)]
     assert _inside(int((middle["variant"] == "v2").sum()), len(middle), 0.5)
 
@@ -263,6 +264,56 @@ def test_sidecars_write_json_access_logs_with_microseconds(mesh: LocalMesh) -> N
     assert e["status"] == 200 and e["caller"] == "loadgen" and e["upstream_cluster"] == "local_app"
     assert isinstance(e["duration_us"], int) and e["duration_us"] > 0 and e["version"] == "v1"
     assert request_id is None or e["request_id"] == request_id
+
+
+def test_retries_recover_app_errors(mesh: LocalMesh) -> None:
+    mesh.set_behaviour("pricing", "v1", error_rate=0.3)
+    profile = LoadProfile(rps=300, connections=8, duration_s=4, warmup_s=1)
+    try:
+        plain = mesh.run_load("pricing", profile)
+        mesh.set_resilience("pricing", retries=Retries(attempts=3, retry_on=["5xx"]))
+        retried = mesh.run_load("pricing", profile)
+    finally:
+        mesh.set_resilience("pricing")
+        mesh.set_behaviour("pricing", "v1", error_rate=0.0)
+    n1, e1 = len(plain.samples), int((plain.samples["status"] == 503).sum())
+    n2, e2 = len(retried.samples), int((retried.samples["status"] == 503).sum())
+    assert _inside(e1, n1, 0.3)
+    assert _inside(e2, n2, 0.3**4)  # fails only when all four attempts fail
+
+
+def test_timeout_cuts_slow_calls(mesh: LocalMesh) -> None:
+    mesh.set_behaviour("pricing", "v1", service_time_ms=60.0, sigma=0.0)
+    try:
+        mesh.set_resilience("pricing", timeout_s=0.02)
+        res = mesh.run_load("pricing", LoadProfile(rps=50, connections=8, duration_s=2, warmup_s=1))
+    finally:
+        mesh.set_resilience("pricing")
+        mesh.set_behaviour("pricing", "v1", service_time_ms=1.0, sigma=0.4)
+    assert set(res.samples["status"]) == {504}
+    assert res.samples["latency_ms"].median() == pytest.approx(20.0, abs=8.0)
+
+
+def test_circuit_breaker_sheds_load_beyond_its_limits(mesh: LocalMesh) -> None:
+    mesh.set_behaviour("pricing", "v1", service_time_ms=20.0, sigma=0.0)
+    profile = LoadProfile(rps=300, connections=16, duration_s=3, warmup_s=1)
+    try:
+        open_ = mesh.run_load("pricing", profile)
+        breaker = CircuitBreaker(
+            max_connections=1, max_pending_requests=1, max_requests=2, consecutive_5xx=None
+        )
+        mesh.set_resilience("pricing", breaker=breaker)
+        tripped = mesh.run_load("pricing", profile)
+    finally:
+        mesh.set_resilience("pricing")
+        mesh.set_behaviour("pricing", "v1", service_time_ms=1.0, sigma=0.4)
+    assert (open_.samples["status"] == 200).all()
+    shed = (tripped.samples["status"] == 503).mean()
+    assert shed > 0.3, shed  # 300 rps x 20 ms needs ~6 concurrent requests; the breaker allows ~2-3
+    overflow = _stats(mesh.admin_url("loadgen-outbound"))[
+        "cluster.outbound|pricing|v1.upstream_rq_pending_overflow"
+    ]
+    assert overflow > 0
 
 
 def _rejected(stats: dict[str, int]) -> int:

@@ -133,6 +133,9 @@ def doctor_cmd(
 from workbench.cli_local import local_app  # noqa: E402 - registered after the shared consoles exist
 
 app.add_typer(local_app, name="local")
+from workbench.cli_ingest import ingest  # noqa: E402 - same reason
+
+app.command("ingest")(ingest)
 
 
 def _minutes(seconds: float) -> str:

@@ -1,15 +1,68 @@
-"""``LoadResult``: one load run point as data — its metadata and its per-request samples."""
+"""``LoadResult``: one load run point as data — its metadata and its per-request samples or histogram.
+
+Error definition (``summary()["error_pct"]``): a request is an error when it got a 5xx answer or
+none at all — status 0 (k6, hey) or -1 (fortio's socket error). This is the success rate Istio's
+dashboards, Flagger and Argo Rollouts use (non-5xx = success): a 4xx is the client's doing, and
+denials are what authorization experiments measure, separately. Non-numeric codes in
+``status_counts`` count as errors except gRPC health ``SERVING`` (fortio grpc runs).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from workbench.metrics.histogram import Histogram
+
 SAMPLE_COLUMNS = ("timestamp", "latency_ms", "status", "variant")
 QUANTILES = {"p50": 0.50, "p75": 0.75, "p90": 0.90, "p99": 0.99, "p999": 0.999}
+OK_STATUS_NAMES = frozenset({"SERVING"})
+
+
+class ResultFileError(ValueError):
+    """A result file that cannot be read; the message is ``<file>: <field>: <problem>``."""
+
+    def __init__(self, path: str | Path, field: str, problem: str):
+        self.path, self.field, self.problem = str(path), field, problem
+        super().__init__(f"{self.path}: {field}: {problem}")
+
+
+def empty_samples() -> pd.DataFrame:
+    """A sample frame with no rows and the standard columns and dtypes."""
+    return pd.DataFrame(
+        {
+            "timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),
+            "latency_ms": pd.Series([], dtype="float64"),
+            "status": pd.Series([], dtype="int64"),
+            "variant": pd.Series([], dtype="str"),
+        }
+    )
+
+
+def is_error_status(code: int | str) -> bool:
+    """Whether a status code (int or its string) counts as an error (see module docstring)."""
+    text = str(code).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        return text not in OK_STATUS_NAMES
+    return value <= 0 or value >= 500
+
+
+def status_error_counts(status_counts: Mapping[str, int | float]) -> tuple[float, float]:
+    """(errors, total) from ``{code: count}``."""
+    total = float(sum(status_counts.values()))
+    errors = float(sum(n for code, n in status_counts.items() if is_error_status(code)))
+    return errors, total
+
+
+def _nan() -> float:
+    return float("nan")
 
 
 @dataclass(frozen=True)
@@ -47,38 +100,99 @@ class LoadResult:
     ``samples`` columns: ``timestamp`` (datetime64[ns, UTC], when the response ended),
     ``latency_ms`` (float), ``status`` (int HTTP code, 0 = no response), ``variant`` (str: the
     version that answered, from its response header, or "" when unknown).
+
+    Generators that report only a histogram (fortio, nighthawk, Prometheus) give ``histogram``
+    and an empty ``samples`` frame (``empty_samples()``); percentiles a generator computed itself
+    go in ``meta["percentiles_ms"]`` ({"p50": ..., "p999": ...}) and its own min/max/mean in
+    ``meta["stats_ms"]``.
     """
 
     meta: dict[str, Any]
     samples: pd.DataFrame
+    histogram: Histogram | None = None
 
     def __post_init__(self) -> None:
         missing = [c for c in SAMPLE_COLUMNS if c not in self.samples.columns]
         if missing:
             raise ValueError(f"LoadResult samples lack columns {missing}")
 
+    @classmethod
+    def from_histogram(cls, meta: dict[str, Any], histogram: Histogram | None) -> LoadResult:
+        """A result without per-request samples."""
+        return cls(meta, empty_samples(), histogram)
+
     @property
     def count(self) -> int:
-        return len(self.samples)
+        """Requests measured: samples, else the histogram's count, else ``meta["requests_total"]``."""
+        if len(self.samples):
+            return len(self.samples)
+        if self.histogram is not None:
+            return round(self.histogram.count)
+        return int(self.meta.get("requests_total") or 0)
 
     def summary(self) -> dict[str, float]:
-        """count, actual_rps, p50/p75/p90/p99/p999/max in ms (unrounded), error_pct, dropped."""
+        """count, actual_rps, min/p50/p75/p90/p99/p999/max/mean in ms (unrounded), error_pct, dropped.
+
+        From the samples when there are any; otherwise each latency figure comes from the
+        generator's own numbers (``meta["percentiles_ms"]``, ``meta["stats_ms"]``) when it
+        reported them, else from the histogram by interpolation, else NaN — never invented.
+        """
+        out = self._from_samples() if len(self.samples) else self._from_reports()
+        out["dropped"] = float(self.meta.get("dropped_iterations", self.meta.get("dropped", 0)) or 0)
+        return out
+
+    def _from_samples(self) -> dict[str, float]:
         lat = self.samples["latency_ms"].to_numpy(dtype=float)
-        status = self.samples["status"].to_numpy()
         n = len(lat)
         duration = float(self.meta.get("duration_s") or 0.0)
-        out: dict[str, float] = {
-            "count": float(n),
-            "actual_rps": n / duration if duration > 0 else float("nan"),
-        }
+        out: dict[str, float] = {"count": float(n), "actual_rps": n / duration if duration > 0 else _nan()}
+        out["min"] = float(lat.min())
         for name, q in QUANTILES.items():
-            out[name] = float(np.quantile(lat, q)) if n else float("nan")
-        out["max"] = float(lat.max()) if n else float("nan")
-        out["mean"] = float(lat.mean()) if n else float("nan")
-        errors = int(((status == 0) | (status >= 500)).sum())
-        out["error_pct"] = 100.0 * errors / n if n else float("nan")
-        out["dropped"] = float(self.meta.get("dropped_iterations", 0) or 0)
+            out[name] = float(np.quantile(lat, q))
+        out["max"] = float(lat.max())
+        out["mean"] = float(lat.mean())
+        status = self.samples["status"].to_numpy()
+        errors = int(((status < 200) | (status >= 400)).sum())
+        out["error_pct"] = 100.0 * errors / n
         return out
+
+    def _from_reports(self) -> dict[str, float]:
+        meta = self.meta
+        n = float(self.count)
+        duration = float(meta.get("duration_s") or 0.0)
+        reported_rps = meta.get("actual_rps")
+        if reported_rps is not None:
+            actual_rps = float(reported_rps)
+        else:
+            actual_rps = n / duration if duration > 0 and n else _nan()
+        out: dict[str, float] = {"count": n, "actual_rps": actual_rps}
+        for name in ("min", *QUANTILES, "max", "mean"):
+            value = self._reported_latency(name)
+            out[name] = _nan() if value is None else value
+        out["error_pct"] = self._reported_error_pct(n)
+        return out
+
+    def _reported_latency(self, name: str) -> float | None:
+        """A latency figure the generator reported, else the histogram's, else None (unknown)."""
+        reported = {**(self.meta.get("stats_ms") or {}), **(self.meta.get("percentiles_ms") or {})}
+        if reported.get(name) is not None:
+            return float(reported[name])
+        hist = self.histogram
+        if hist is None or hist.count <= 0:
+            return None
+        if name in ("min", "max"):
+            return getattr(hist, name)  # exact or None: bucket edges only bound them
+        return hist.mean if name == "mean" else hist.quantile(QUANTILES[name])
+
+    def _reported_error_pct(self, n: float) -> float:
+        counts = self.meta.get("status_counts")
+        if counts:
+            errors, total = status_error_counts(counts)
+            return 100.0 * errors / total if total else _nan()
+        errors = self.meta.get("error_count")
+        if errors is not None and n:
+            return 100.0 * float(errors) / n
+        return _nan()
 
     def by_variant(self) -> dict[str, LoadResult]:
         """One LoadResult per answering version (same metadata)."""

@@ -248,8 +248,7 @@ def clusters(sc: Sidecar, view: MeshView) -> list[dict[str, Any]]:
                         "common_tls_context": _tls_common(files, allowed_sans=[spiffe_id(callee)]),
                     },
                 }
-            if policy.breaker is not None:
-                _apply_breaker(cluster, policy.breaker)
+            _apply_breaker(cluster, policy.breaker)
             out.append(cluster)
     return out
 
@@ -388,8 +387,22 @@ def _fault(fault: Fault) -> dict[str, Any]:
     return out
 
 
-def _apply_breaker(cluster: dict[str, Any], b: CircuitBreaker) -> None:
-    thresholds: dict[str, Any] = {"priority": "DEFAULT"}
+# Istio's connection-pool defaults: no limit unless a DestinationRule sets one. Envoy's own
+# defaults (1024 connections/requests, 3 concurrent retries) would silently cap retries and load.
+UNLIMITED = 4294967295
+
+
+def _apply_breaker(cluster: dict[str, Any], b: CircuitBreaker | None) -> None:
+    thresholds: dict[str, Any] = {
+        "priority": "DEFAULT",
+        "max_connections": UNLIMITED,
+        "max_pending_requests": UNLIMITED,
+        "max_requests": UNLIMITED,
+        "max_retries": UNLIMITED,
+    }
+    if b is None:
+        cluster["circuit_breakers"] = {"thresholds": [thresholds]}
+        return
     for key in ("max_connections", "max_pending_requests", "max_requests"):
         value = getattr(b, key)
         if value is not None:

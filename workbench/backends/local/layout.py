@@ -43,6 +43,7 @@ class Layout:
     inbound: dict[str, dict[str, Sidecar]] = field(default_factory=dict)
     outbound: dict[str, Sidecar] = field(default_factory=dict)  # "<service>-<version>" or LOADGEN
     prometheus_port: int = 0
+    procstats_port: int = 0  # process CPU/RSS exporter scraped by Prometheus
 
     @property
     def sidecars(self) -> list[Sidecar]:
@@ -66,6 +67,7 @@ class Layout:
             "mode": self.mode,
             "run_dir": str(self.run_dir),
             "prometheus_port": self.prometheus_port,
+            "procstats_port": self.procstats_port,
             "apps": {s: {v: a.port for v, a in vs.items()} for s, vs in self.apps.items()},
             "sidecars": [
                 {k: (str(v) if isinstance(v, Path) else v) for k, v in sc.__dict__.items()}
@@ -76,7 +78,10 @@ class Layout:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Layout:
         apps = {s: {v: AppInstance(s, v, p) for v, p in vs.items()} for s, vs in state["apps"].items()}
-        layout = cls(state["mode"], Path(state["run_dir"]), apps, prometheus_port=state["prometheus_port"])
+        layout = cls(
+            state["mode"], Path(state["run_dir"]), apps, prometheus_port=state["prometheus_port"],
+            procstats_port=state.get("procstats_port", 0),
+        )  # fmt: skip
         for raw in state["sidecars"]:
             sc = Sidecar(**{**raw, "directory": Path(raw["directory"])})
             if sc.direction == "inbound":
@@ -95,7 +100,7 @@ def plan(
     versions = [(s, v) for s, spec in topology.services.items() for v in spec.versions]
     n_in = len(versions) if mode != "none" else 0
     n_out = len(versions) + 1 if mode in ("both", "both-mtls") else 0
-    ports = iter(free_ports(len(versions) + 2 * n_in + 2 * n_out + 1))
+    ports = iter(free_ports(len(versions) + 2 * n_in + 2 * n_out + 2))
     apps: dict[str, dict[str, AppInstance]] = {}
     for s, v in versions:
         apps.setdefault(s, {})[v] = AppInstance(s, v, next(ports))
@@ -142,4 +147,5 @@ def plan(
             service=LOADGEN,
         )
     layout.prometheus_port = next(ports)
+    layout.procstats_port = next(ports)
     return layout

@@ -150,6 +150,7 @@ class LocalMesh:
         prom_proc = self.supervisor.start(
             "prometheus",
             prom.argv(prometheus_bin, prom_dir / "prometheus.yml", prom_dir / "data", layout.prometheus_port),
+            labels={"kind": "prometheus"},
         )
         py = sys.executable
         apps: list[Managed] = []
@@ -159,12 +160,19 @@ class LocalMesh:
                 spec_path.parent.mkdir(parents=True, exist_ok=True)
                 spec_path.write_text(json.dumps(self._app_spec(service, version)))
                 argv = [py, "-m", "workbench.backends.local.app", str(spec_path)]
-                apps.append(self.supervisor.start(f"app {app.name}", argv))
+                labels = {"kind": "app", "service": service, "version": version}
+                apps.append(self.supervisor.start(f"app {app.name}", argv, labels=labels))
         envoys = [
-            (sc, self.supervisor.start(f"envoy {sc.name}", ev.envoy_argv(self._envoy, sc)))
+            (
+                sc,
+                self.supervisor.start(f"envoy {sc.name}", ev.envoy_argv(self._envoy, sc), labels=_labels(sc)),
+            )
             for sc in layout.sidecars
         ]
         self._record_pids()
+        stats_argv = [py, "-m", "workbench.backends.local.procstats", str(self.run_dir / "pids.json"),
+                      str(layout.procstats_port)]  # fmt: skip
+        stats = self.supervisor.start("procstats", stats_argv, labels={"kind": "procstats"})
         for proc, app in zip(apps, (a for vs in layout.apps.values() for a in vs.values()), strict=True):
             wait_ready(
                 proc, http_ok(f"http://127.0.0.1:{app.port}/healthz"), self.ready_timeout, self.supervisor
@@ -173,6 +181,8 @@ class LocalMesh:
             wait_ready(
                 proc, http_ok(f"http://127.0.0.1:{sc.admin_port}/ready"), self.ready_timeout, self.supervisor
             )
+        wait_ready(stats, http_ok(f"http://127.0.0.1:{layout.procstats_port}/metrics"), self.ready_timeout,
+                   self.supervisor)  # fmt: skip
         wait_ready(
             prom_proc, http_ok(f"{self.prometheus_url()}/-/ready"), self.ready_timeout, self.supervisor
         )
@@ -330,6 +340,8 @@ class LocalMesh:
         labels = {"mode": self.mode, "service": service, "backend": "local"}
         result = run_k6(profile, self.load_target(service), work, labels=labels, on_poll=self.check)
         self.check()
+        if workdir is None:  # the samples live on in the result; the raw CSV would only pile up
+            shutil.rmtree(work, ignore_errors=True)
         return result
 
     # -----------------------------------------------------------------------------------------
@@ -527,6 +539,7 @@ class LocalMesh:
             for s, vs in layout.apps.items()
             for v, app in vs.items()
         ]
+        targets.append(prom.ScrapeTarget("process", layout.procstats_port, {"mesh_mode": self.mode}))
         for sc in layout.sidecars:
             labels = {
                 "service": sc.service,
@@ -571,6 +584,10 @@ class LocalMesh:
         )
         if self.detached and self.layout is not None and (self.run_dir / "state.json").exists():
             self.save_state()
+
+
+def _labels(sc: ev.Sidecar) -> dict[str, str]:
+    return {"kind": "envoy", "service": sc.service, "version": sc.version, "direction": sc.direction}
 
 
 def _sigterm_to_exit(signum: int, frame: Any) -> None:

@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from contextlib import closing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class Managed:
     pid: int
     log: Path
     create_time: float
+    labels: dict[str, str] = field(default_factory=dict)  # kind, service, version, direction
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -106,7 +107,10 @@ class Managed:
         return f"{self.name} (pid {self.pid}) is not running: {self.exit_status()}{last}"
 
     def to_state(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": self.pid, "log": str(self.log), "create_time": self.create_time}
+        return {
+            "name": self.name, "pid": self.pid, "log": str(self.log), "create_time": self.create_time,
+            "labels": self.labels,
+        }  # fmt: skip
 
 
 class Supervisor:
@@ -118,7 +122,13 @@ class Supervisor:
         self.procs: list[Managed] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Managed:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Managed:
         """Start ``argv`` with stdout+stderr into ``<log_dir>/<name>.log``."""
         log = self.log_dir / (name.replace(" ", "_").replace("/", "_") + ".log")
         with open(log, "ab") as fh:
@@ -136,7 +146,7 @@ class Supervisor:
             created = psutil.Process(popen.pid).create_time()
         except psutil.Error:
             created = time.time()
-        managed = Managed(name, popen, popen.pid, log, created)
+        managed = Managed(name, popen, popen.pid, log, created, dict(labels or {}))
         self.procs.append(managed)
         return managed
 

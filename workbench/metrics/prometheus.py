@@ -1,0 +1,73 @@
+"""Prometheus queries as tidy pandas frames (through prometheus-api-client).
+
+One row per series and point: the series' labels as columns, ``timestamp`` (UTC) and ``value``.
+Credentials never appear in errors or frames: the URL is shown redacted.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from requests import RequestException
+
+from workbench.tools import redact_url
+
+
+class PrometheusError(RuntimeError):
+    """A query that Prometheus could not answer; names the (redacted) URL and the query."""
+
+
+class Prometheus:
+    """A Prometheus server to query; ``url`` may carry basic-auth credentials."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0):
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = PrometheusConnect(url=url, disable_ssl=False, timeout=timeout_s)
+
+    def query(self, promql: str, at: float | datetime | None = None) -> pd.DataFrame:
+        """Instant query (at a unix time or datetime, default now)."""
+        params = {"time": _unix(at)} if at is not None else None
+        try:
+            raw = self._client.custom_query(promql, params=params)
+        except (PrometheusApiClientException, RequestException, ValueError) as exc:
+            raise PrometheusError(f"{redact_url(self.url)}: query {promql!r} failed: {exc}") from None
+        return _frame([{"metric": r["metric"], "values": [r["value"]]} for r in raw])
+
+    def query_range(
+        self, promql: str, start: float | datetime, end: float | datetime, step_s: float
+    ) -> pd.DataFrame:
+        """Range query from ``start`` to ``end`` every ``step_s`` seconds."""
+        try:
+            raw = self._client.custom_query_range(
+                promql, start_time=_dt(start), end_time=_dt(end), step=f"{step_s:g}s"
+            )
+        except (PrometheusApiClientException, RequestException, ValueError) as exc:
+            raise PrometheusError(f"{redact_url(self.url)}: range query {promql!r} failed: {exc}") from None
+        return _frame(raw)
+
+    def scalar(self, promql: str, at: float | datetime | None = None) -> float:
+        """The single value of an instant query; NaN when it returns nothing."""
+        frame = self.query(promql, at)
+        return float(frame["value"].iloc[0]) if len(frame) else float("nan")
+
+
+def _frame(series: list[dict]) -> pd.DataFrame:
+    rows = []
+    for s in series:
+        for ts, value in s["values"]:
+            rows.append({**s["metric"], "timestamp": float(ts), "value": float(value)})
+    frame = pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | {"timestamp", "value"}))
+    if len(frame):
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+    return frame
+
+
+def _unix(at: float | datetime) -> float:
+    return at.timestamp() if isinstance(at, datetime) else float(at)
+
+
+def _dt(at: float | datetime) -> datetime:
+    return at if isinstance(at, datetime) else datetime.fromtimestamp(float(at), tz=UTC)
