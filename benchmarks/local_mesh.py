@@ -232,17 +232,22 @@ def main(argv: list[str] | None = None) -> None:
                         }
                     )
             cost = _cost(mesh, duration) if mode != "none" else {}
-            target = mesh.load_target(SERVICE)
         # Capacity and p50, alternating the workbench and the same processes + k6 script by hand
         # (W H W H ...), so drift of this shared machine hits both alike; medians are reported.
-        by_hand = partial(
-            _by_hand, run_dir, mode, duration=duration, target_urls=list(target.urls), headers=target.headers
-        )
         caps, hand_caps, p50s, hand_p50s = [], [], [], []
         for _ in range(args.repeats):
             with LocalMesh(mode=mode, run_dir=run_dir, wait_for_metrics=False) as again:
                 caps.append(_capacity(lambda r, m=again: _point(m, r, 64, duration), steps, args.slo_ms)[0])
                 p50s.append(_point(again, 1000, 16, duration).p50)
+                target = again.load_target(SERVICE)  # the ports these processes (and their files) use
+            by_hand = partial(
+                _by_hand,
+                run_dir,
+                mode,
+                duration=duration,
+                target_urls=list(target.urls),
+                headers=target.headers,
+            )
             hand_caps.append(_capacity(lambda r, f=by_hand: f(r, 64), steps, args.slo_ms)[0])
             hand_p50s.append(by_hand(1000, 16).p50)
         shutil.rmtree(run_dir, ignore_errors=True)

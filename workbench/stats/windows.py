@@ -1,0 +1,116 @@
+"""Time windows, the statistics' unit of analysis.
+
+Requests within a burst, a GC pause or a queue are not independent, so a per-request test calls
+trivia significant. Each arm is cut into short windows (default 5 s) and every window becomes one
+observation: its request count, error count, mean and quantiles — from the window's samples, or
+from its histogram when only buckets exist (Prometheus, fortio). Windows are aligned to one
+origin across arms, so windows of arms that ran at the same time can be paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.load.results import LoadResult
+from workbench.metrics.histogram import Histogram
+
+QUANTILE_METRICS = {"p50": 0.50, "p75": 0.75, "p90": 0.90, "p95": 0.95, "p99": 0.99, "p999": 0.999}
+STAT_COLUMNS = ["count", "errors", "mean", *QUANTILE_METRICS]
+
+WindowInput = pd.DataFrame | LoadResult | pd.Series | Iterable[tuple[Any, Histogram]]
+
+
+def as_samples(x: WindowInput) -> pd.DataFrame | None:
+    """The per-request frame of ``x`` (None when ``x`` holds per-window histograms)."""
+    if isinstance(x, LoadResult):
+        if len(x.samples) == 0 and x.histogram is not None:
+            raise ValueError("a histogram-only LoadResult has no time windows; pass per-window histograms")
+        return x.samples
+    if isinstance(x, pd.DataFrame):
+        missing = {"timestamp", "latency_ms", "status"} - set(x.columns)
+        if missing:
+            raise ValueError(
+                f"samples need columns timestamp, latency_ms, status (missing {sorted(missing)})"
+            )
+        return x
+    return None
+
+
+def start_of(x: WindowInput) -> pd.Timestamp | None:
+    """The earliest timestamp of ``x``."""
+    samples = as_samples(x)
+    if samples is not None:
+        return pd.Timestamp(samples["timestamp"].min()) if len(samples) else None
+    series = _hist_series(x)
+    return pd.Timestamp(series.index.min()) if len(series) else None
+
+
+def window_table(x: WindowInput, window_s: float, origin: pd.Timestamp) -> pd.DataFrame:
+    """One row per window (index: window number from ``origin``) with STAT_COLUMNS."""
+    samples = as_samples(x)
+    if samples is not None:
+        return _from_samples(samples, window_s, origin)
+    return _from_histograms(_hist_series(x), window_s, origin)
+
+
+def _from_samples(samples: pd.DataFrame, window_s: float, origin: pd.Timestamp) -> pd.DataFrame:
+    if len(samples) == 0:
+        return pd.DataFrame(columns=STAT_COLUMNS, dtype=float)
+    ts = samples["timestamp"]
+    ns = ts.to_numpy(dtype="datetime64[ns]") - np.datetime64(
+        origin.tz_convert(None) if origin.tzinfo else origin
+    )
+    w = (ns.astype(np.int64) // int(window_s * 1e9)).astype(np.int64)
+    lat = samples["latency_ms"].to_numpy(dtype=float)
+    status = samples["status"].to_numpy()
+    err = (status <= 0) | (status >= 500)
+    # Sort by (window, latency) once; every window's quantiles are then index arithmetic.
+    order = np.lexsort((lat, w))
+    w_sorted, lat_sorted = w[order], lat[order]
+    windows, starts, counts = np.unique(w_sorted, return_index=True, return_counts=True)
+    out = pd.DataFrame(index=pd.Index(windows, name="window"))
+    out["count"] = counts.astype(float)
+    out["errors"] = np.bincount(np.searchsorted(windows, w[err]), minlength=len(windows)).astype(float)
+    out["mean"] = np.add.reduceat(lat_sorted, starts) / counts
+    for name, q in QUANTILE_METRICS.items():
+        h = starts + (counts - 1) * q  # numpy's default 'linear' quantile, per window
+        lo = np.floor(h).astype(np.int64)
+        hi = np.minimum(lo + 1, starts + counts - 1)
+        out[name] = lat_sorted[lo] + (h - lo) * (lat_sorted[hi] - lat_sorted[lo])
+    return out
+
+
+def _hist_series(x: Any) -> pd.Series:
+    if isinstance(x, pd.Series):
+        series = x
+    else:
+        pairs = list(x)
+        series = pd.Series([h for _, h in pairs], index=pd.DatetimeIndex([pd.Timestamp(t) for t, _ in pairs]))
+    if len(series) and not all(isinstance(h, Histogram) for h in series):
+        raise ValueError("per-window input must map timestamps to Histogram objects")
+    idx = pd.DatetimeIndex(series.index)
+    series.index = idx.tz_localize("UTC") if idx.tz is None else idx
+    return series.sort_index()
+
+
+def _from_histograms(series: pd.Series, window_s: float, origin: pd.Timestamp) -> pd.DataFrame:
+    if len(series) == 0:
+        return pd.DataFrame(columns=STAT_COLUMNS, dtype=float)
+    from workbench.metrics.histogram import merge
+
+    w = ((series.index - origin).total_seconds() // window_s).astype(int)
+    rows = {}
+    for window, group in series.groupby(w):
+        h = merge(*group.tolist()) if len(group) > 1 else group.iloc[0]
+        row = {"count": float(h.count), "errors": 0.0, "mean": float(h.mean)}
+        row.update(
+            {name: float(h.quantile(q)) if h.count else np.nan for name, q in QUANTILE_METRICS.items()}
+        )
+        rows[int(window)] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")[STAT_COLUMNS]
+    out.index.name = "window"
+    return out
