@@ -27,10 +27,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from workbench.config import parse_duration
+from workbench.stats.multiple import holm
 from workbench.stats.windows import QUANTILE_METRICS, WindowInput, start_of, window_table
 
 Verdict = Literal["worse", "better", "equivalent", "inconclusive"]
@@ -175,7 +175,7 @@ def compare(
     pvals = [r.pvalue for r in results.values()]
     finite = [i for i, p in enumerate(pvals) if math.isfinite(p)]
     if finite:
-        adjusted = multipletests([pvals[i] for i in finite], alpha=alpha, method="holm")[1]
+        adjusted = holm([pvals[i] for i in finite])
         for i, adj in zip(finite, adjusted, strict=True):
             list(results.values())[i].pvalue_adjusted = float(adj)
     return Comparison(results, is_paired, window_s, alpha, {"a": wa, "b": wb})

@@ -65,17 +65,25 @@ def _from_samples(samples: pd.DataFrame, window_s: float, origin: pd.Timestamp) 
         origin.tz_convert(None) if origin.tzinfo else origin
     )
     w = (ns.astype(np.int64) // int(window_s * 1e9)).astype(np.int64)
+    w_offset = int(w.min())
     lat = samples["latency_ms"].to_numpy(dtype=float)
     status = samples["status"].to_numpy()
     err = (status <= 0) | (status >= 500)
-    # Sort by (window, latency) once; every window's quantiles are then index arithmetic.
-    order = np.lexsort((lat, w))
-    w_sorted, lat_sorted = w[order], lat[order]
-    windows, starts, counts = np.unique(w_sorted, return_index=True, return_counts=True)
-    out = pd.DataFrame(index=pd.Index(windows, name="window"))
+    w -= w.min()
+    # One integer sort orders by (window, latency): the window in the high 32 bits, the latency's
+    # float32 bits (monotonic for values >= 0) in the low 32. About as fast as sorting the
+    # latencies alone; quantiles keep float32 precision (1e-7 relative, 0.1 us at 1 s).
+    bits = np.clip(lat, 0, None).astype(np.float32).view(np.uint32).astype(np.int64)
+    key = np.sort((w << 32) | bits)
+    w_sorted = key >> 32
+    lat_sorted = (key & 0xFFFFFFFF).astype(np.uint32).view(np.float32).astype(np.float64)
+    starts = np.r_[0, np.flatnonzero(np.diff(w_sorted)) + 1]
+    windows, counts = w_sorted[starts], np.diff(np.r_[starts, len(key)])
+    pos = np.searchsorted(windows, w)
+    out = pd.DataFrame(index=pd.Index(windows + w_offset, name="window"))
     out["count"] = counts.astype(float)
-    out["errors"] = np.bincount(np.searchsorted(windows, w[err]), minlength=len(windows)).astype(float)
-    out["mean"] = np.add.reduceat(lat_sorted, starts) / counts
+    out["errors"] = np.bincount(pos[err], minlength=len(windows)).astype(float)
+    out["mean"] = np.bincount(pos, weights=lat, minlength=len(windows)) / counts
     for name, q in QUANTILE_METRICS.items():
         h = starts + (counts - 1) * q  # numpy's default 'linear' quantile, per window
         lo = np.floor(h).astype(np.int64)
