@@ -10,7 +10,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(names: list[str]) -> None:
-    modules = sorted(p for p in HERE.glob("*.py") if p.name != "run.py")
+    # record_*.py make data (e.g. data/sample/), they are not benchmarks: run them by name.
+    modules = sorted(p for p in HERE.glob("*.py") if p.name != "run.py" and not p.name.startswith("record_"))
     chosen = [p for p in modules if not names or p.stem in names]
     unknown = set(names) - {p.stem for p in modules}
     if unknown:
