@@ -54,6 +54,29 @@ def is_error_status(code: int | str) -> bool:
     return value <= 0 or value >= 500
 
 
+def sample_meta(
+    generator: str, path: Path, samples: pd.DataFrame, start: Any, end: Any, duration_s: float | None
+) -> dict[str, Any]:
+    """The standard metadata of a per-request result file whose tool records no settings."""
+    counts = samples["status"].value_counts().sort_index()
+    return {
+        "generator": generator,
+        "generator_version": None,
+        "model": None,
+        "rps": None,
+        "actual_rps": len(samples) / duration_s if duration_s else None,
+        "connections": None,
+        "duration_s": duration_s,
+        "start": start,
+        "end": end,
+        "labels": None,
+        "target": None,
+        "status_counts": {str(code): int(n) for code, n in counts.items()},
+        "requests_total": len(samples),
+        "source_file": str(path),
+    }
+
+
 def status_error_counts(status_counts: Mapping[str, int | float]) -> tuple[float, float]:
     """(errors, total) from ``{code: count}``."""
     total = float(sum(status_counts.values()))

@@ -105,46 +105,26 @@ def plan(
     for s, v in versions:
         apps.setdefault(s, {})[v] = AppInstance(s, v, next(ports))
     layout = Layout(mode, run_dir, apps)
+
+    def sidecar(name: str, identity: str, direction: str, **extra: Any) -> Sidecar:
+        settings = {"concurrency": concurrency, "service": identity, **extra}
+        admin, listen = next(ports), next(ports)
+        directory = run_dir / "envoy" / name
+        return Sidecar(name, identity, direction, admin, listen, directory, **settings)
+
     if n_in:
         for s, v in versions:
-            name = f"{s}-{v}-inbound"
-            layout.inbound.setdefault(s, {})[v] = Sidecar(
-                name=name,
-                identity=s,
-                direction="inbound",
-                admin_port=next(ports),
-                listen_port=next(ports),
-                directory=run_dir / "envoy" / name,
-                concurrency=concurrency,
-                app_port=apps[s][v].port,
-                service=s,
-                version=v,
+            layout.inbound.setdefault(s, {})[v] = sidecar(
+                f"{s}-{v}-inbound", s, "inbound", app_port=apps[s][v].port, version=v
             )
     if n_out:
+        everyone = list(topology.services)  # every outbound sidecar knows every service, as in Istio
         for s, v in versions:
-            name = f"{s}-{v}-outbound"
-            layout.outbound[f"{s}-{v}"] = Sidecar(
-                name=name,
-                identity=s,
-                direction="outbound",
-                admin_port=next(ports),
-                listen_port=next(ports),
-                directory=run_dir / "envoy" / name,
-                concurrency=concurrency,
-                callees=list(topology.services),
-                service=s,
-                version=v,  # every service, as Istio
+            layout.outbound[f"{s}-{v}"] = sidecar(
+                f"{s}-{v}-outbound", s, "outbound", callees=everyone, version=v
             )
-        layout.outbound[LOADGEN] = Sidecar(
-            name=f"{LOADGEN}-outbound",
-            identity=LOADGEN,
-            direction="outbound",
-            admin_port=next(ports),
-            listen_port=next(ports),
-            directory=run_dir / "envoy" / f"{LOADGEN}-outbound",
-            concurrency=loadgen_concurrency,
-            callees=list(topology.services),
-            service=LOADGEN,
+        layout.outbound[LOADGEN] = sidecar(
+            f"{LOADGEN}-outbound", LOADGEN, "outbound", callees=everyone, concurrency=loadgen_concurrency
         )
     layout.prometheus_port = next(ports)
     layout.procstats_port = next(ports)

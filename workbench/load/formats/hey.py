@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from workbench.load.formats.k6 import head_text
-from workbench.load.results import LoadResult, ResultFileError
+from workbench.load.results import LoadResult, ResultFileError, sample_meta
 
 __all__ = ["COLUMNS", "read_hey"]
 
@@ -84,22 +83,6 @@ def read_hey(path: str | Path, start: datetime | None = None) -> LoadResult:
             "variant": pd.Series([""] * len(frame), dtype="str"),
         }
     )
-    codes = samples["status"].value_counts().sort_index()
-    meta: dict[str, Any] = {
-        "generator": "hey",
-        "generator_version": None,
-        "model": None,
-        "rps": None,
-        "actual_rps": len(samples) / duration if duration else None,
-        "connections": None,
-        "duration_s": duration,
-        "start": start,
-        "end": start + timedelta(seconds=duration or 0.0),
-        "start_estimated": estimated,
-        "labels": None,
-        "target": None,
-        "status_counts": {str(code): int(n) for code, n in codes.items()},
-        "requests_total": len(samples),
-        "source_file": str(path),
-    }
+    meta = sample_meta("hey", path, samples, start, start + timedelta(seconds=duration or 0.0), duration)
+    meta["start_estimated"] = estimated
     return LoadResult(meta, samples)

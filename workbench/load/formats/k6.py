@@ -37,7 +37,7 @@ import pandas as pd
 
 from workbench.load.formats.fortio import Fields, load_json, percentile_key
 from workbench.load.k6 import METRIC, START_METRIC, parse_samples
-from workbench.load.results import QUANTILES, LoadResult, ResultFileError
+from workbench.load.results import QUANTILES, LoadResult, ResultFileError, sample_meta
 
 __all__ = ["head_text", "read_k6", "sniff_k6"]
 
@@ -94,31 +94,11 @@ def sniff_k6(head: str) -> str | None:
 # -- shared ------------------------------------------------------------------------------------------
 
 
-def _status_counts(samples: pd.DataFrame) -> dict[str, int]:
-    counts = samples["status"].value_counts().sort_index()
-    return {str(code): int(n) for code, n in counts.items()}
-
-
 def _meta(path: Path, samples: pd.DataFrame, start: datetime | None, end: datetime | None) -> dict[str, Any]:
     """Metadata common to the per-request k6 files."""
     duration = (end - start).total_seconds() if start is not None and end is not None else None
     duration = duration if duration and duration > 0 else None
-    return {
-        "generator": "k6",
-        "generator_version": None,
-        "model": None,
-        "rps": None,
-        "actual_rps": len(samples) / duration if duration else None,
-        "connections": None,
-        "duration_s": duration,
-        "start": start,
-        "end": end,
-        "labels": None,
-        "target": None,
-        "status_counts": _status_counts(samples),
-        "requests_total": len(samples),
-        "source_file": str(path),
-    }
+    return sample_meta("k6", path, samples, start, end, duration)
 
 
 def _frame(
