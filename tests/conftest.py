@@ -50,3 +50,7 @@ def processes_using(directory: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+# Kubernetes fixtures (contract API and kmock emulator), defined in tests/kube.py.
+from kube import kube_api, kube_emulator  # noqa: E402, F401

@@ -101,7 +101,7 @@ def test_make_targets_and_ci_entry_point() -> None:
     assert "ruff check" in test_recipe and "pytest" in test_recipe
     assert "|| true" not in test_recipe and "-" not in [line.strip()[:1] for line in test_recipe.splitlines()]
     demo_recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
-    assert "workbench doctor" in demo_recipe and "workbench validate experiments.yaml" in demo_recipe
+    assert "workbench doctor" in demo_recipe and "workbench run experiments.yaml" in demo_recipe
     ci = (REPO / ".ci" / "run").read_text()
     assert "set -euo pipefail" in ci and re.search(r"^make test$", ci, re.M)
 

@@ -136,6 +136,10 @@ app.add_typer(local_app, name="local")
 from workbench.cli_ingest import ingest  # noqa: E402 - same reason
 
 app.command("ingest")(ingest)
+from workbench.cli_run import report, run  # noqa: E402 - same reason
+
+app.command("run")(run)
+app.command("report")(report)
 
 
 def _minutes(seconds: float) -> str:

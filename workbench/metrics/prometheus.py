@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 
 import pandas as pd
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
-from requests import RequestException
+from requests import ConnectionError as RequestsConnectionError
+from requests import RequestException, Timeout
+from requests.exceptions import RetryError
+from urllib3.util.retry import Retry
 
 from workbench.tools import redact_url
 
@@ -19,13 +22,30 @@ class PrometheusError(RuntimeError):
     """A query that Prometheus could not answer; names the (redacted) URL and the query."""
 
 
-class Prometheus:
-    """A Prometheus server to query; ``url`` may carry basic-auth credentials."""
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)  # Prometheus answers 503 to a query timeout
 
-    def __init__(self, url: str, timeout_s: float = 30.0):
+
+class Prometheus:
+    """A Prometheus server to query; ``url`` may carry basic-auth credentials.
+
+    Connection errors, read timeouts and the ``RETRY_STATUSES`` answers are retried ``retries``
+    times with exponential backoff (``backoff_s`` * 2**n, the first retry immediately), then raise
+    PrometheusError; a rejected query (400, 422) fails at once.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 1.0):
+        if retries < 0 or backoff_s < 0:
+            raise ValueError(f"retries and backoff_s must be >= 0 (got {retries}, {backoff_s})")
         self.url = url
         self.timeout_s = timeout_s
-        self._client = PrometheusConnect(url=url, disable_ssl=False, timeout=timeout_s)
+        self.retries = retries
+        retry = Retry(total=retries, backoff_factor=backoff_s, status_forcelist=RETRY_STATUSES)
+        self._client = PrometheusConnect(url=url, disable_ssl=False, timeout=timeout_s, retry=retry)
+
+    def _error(self, what: str, promql: str, exc: Exception) -> PrometheusError:
+        retried = isinstance(exc, RequestsConnectionError | Timeout | RetryError)
+        after = f" after {self.retries} retries" if retried and self.retries else ""
+        return PrometheusError(f"{redact_url(self.url)}: {what} {promql!r} failed{after}: {exc}")
 
     def query(self, promql: str, at: float | datetime | None = None) -> pd.DataFrame:
         """Instant query (at a unix time or datetime, default now)."""
@@ -33,7 +53,7 @@ class Prometheus:
         try:
             raw = self._client.custom_query(promql, params=params)
         except (PrometheusApiClientException, RequestException, ValueError) as exc:
-            raise PrometheusError(f"{redact_url(self.url)}: query {promql!r} failed: {exc}") from None
+            raise self._error("query", promql, exc) from None
         return _frame([{"metric": r["metric"], "values": [r["value"]]} for r in raw])
 
     def query_range(
@@ -45,7 +65,7 @@ class Prometheus:
                 promql, start_time=_dt(start), end_time=_dt(end), step=f"{step_s:g}s"
             )
         except (PrometheusApiClientException, RequestException, ValueError) as exc:
-            raise PrometheusError(f"{redact_url(self.url)}: range query {promql!r} failed: {exc}") from None
+            raise self._error("range query", promql, exc) from None
         return _frame(raw)
 
     def scalar(self, promql: str, at: float | datetime | None = None) -> float:

@@ -99,6 +99,10 @@ class TrafficPolicy:
     route: Route | None = None
     route_version: str | None = None
     fault: Fault | None = None
+    # Where the fault is injected: "client" = the callers' outbound sidecars (Istio's place: the
+    # callers' own retries/timeouts never see it); "server" = the service's inbound sidecars, so it
+    # looks like the service failing and the callers' retries, timeouts and breakers act on it.
+    fault_at: str = "client"
     retries: Retries | None = None
     timeout_s: float | None = None
     breaker: CircuitBreaker | None = None
@@ -185,6 +189,7 @@ def listeners(sc: Sidecar, view: MeshView) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
     if sc.direction == "inbound":
         filters.append({"name": "envoy.filters.http.rbac", "typed_config": {"@type": RBAC}})
+        filters.append({"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}})
     else:
         filters.append({"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}})
     filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}})
@@ -258,13 +263,17 @@ def routes(sc: Sidecar, view: MeshView) -> dict[str, Any]:
     if sc.direction == "inbound":
         route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "local_app", "timeout": "0s"}}
         policy = view.policies.get(sc.service)
+        per_filter: dict[str, Any] = {}
         if policy is not None:
-            route["typed_per_filter_config"] = {
-                "envoy.filters.http.rbac": {
-                    "@type": RBAC_PER_ROUTE,
-                    "rbac": {"rules": rbac_rules(policy, view)},
-                }
+            per_filter["envoy.filters.http.rbac"] = {
+                "@type": RBAC_PER_ROUTE,
+                "rbac": {"rules": rbac_rules(policy, view)},
             }
+        traffic = view.traffic.get(sc.service)
+        if traffic is not None and traffic.fault is not None and traffic.fault_at == "server":
+            per_filter["envoy.filters.http.fault"] = _fault(traffic.fault)
+        if per_filter:
+            route["typed_per_filter_config"] = per_filter
         hosts = [{"name": "local", "domains": ["*"], "routes": [route]}]
         return {"name": "inbound", "virtual_hosts": hosts}
     hosts = [_virtual_host(callee, view.traffic[callee]) for callee in sc.callees]
@@ -359,7 +368,7 @@ def _virtual_host(service: str, policy: TrafficPolicy) -> dict[str, Any]:
             }
         )
     route_list.append({"name": "default", "match": {"prefix": "/"}, "route": default})
-    if policy.fault is not None:
+    if policy.fault is not None and policy.fault_at == "client":
         for r in route_list:
             r["typed_per_filter_config"] = {"envoy.filters.http.fault": _fault(policy.fault)}
     return {"name": service, "domains": [service, f"{service}:*"], "routes": route_list}

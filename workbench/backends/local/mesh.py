@@ -231,10 +231,12 @@ class LocalMesh:
         return [Service(n, tuple(s.versions), tuple(s.calls)) for n, s in self.topology.services.items()]
 
     def get_split(self, service: str) -> Split:
+        self._sync()
         return dict(self._policy(service).split)
 
     def set_split(self, service: str, split: Split) -> None:
         """Percentage weights per version (missing versions get 0); applied live via RDS."""
+        self._sync()
         self._need_outbound("traffic splits")
         policy = self._policy(service)
         versions = list(self.topology.services[service].versions)
@@ -254,6 +256,7 @@ class LocalMesh:
 
     def set_route(self, service: str, route: Route | None, version: str | None = None) -> None:
         """Send requests matching ``route`` (header or cookie) to ``version``; None removes it."""
+        self._sync()
         self._need_outbound("header/cookie routes")
         policy = self._policy(service)
         if route is not None and version not in self.topology.services[service].versions:
@@ -264,18 +267,35 @@ class LocalMesh:
             self._apply_routes(callee=service)
         self._record("route", service, before, {"match": _dump(route), "version": version})
 
-    def set_fault(self, service: str, fault: Fault | None) -> None:
-        """Inject a delay or abort on calls to ``service`` (applied by its callers' sidecars)."""
-        self._need_outbound("fault injection")
+    def set_fault(self, service: str, fault: Fault | None, at: str = "client") -> None:
+        """Inject a delay or abort on calls to ``service``; None removes it.
+
+        ``at="client"`` (Istio's place): the callers' outbound sidecars inject it, before their own
+        retries and timeouts, which therefore never act on it. ``at="server"``: the service's
+        inbound sidecars inject it, so callers see a failing service and their retries, timeouts
+        and outlier detection act on it (what resilience experiments need).
+        """
+        self._sync()
+        if at not in ("client", "server"):
+            raise BackendError(f"fault 'at' must be 'client' or 'server' (got {at!r})")
+        if at == "client":
+            self._need_outbound("client-side fault injection")
+        elif self.mode == "none":
+            raise BackendError("server-side fault injection needs sidecars: mode 'none' has none")
         policy = self._policy(service)
-        before = _dump(policy.fault)
+        before = _fault_record(policy.fault, policy.fault_at)
         with self._lock:
-            policy.fault = fault
-            self._apply_routes(callee=service)
-        self._record("fault", service, before, _dump(fault))
+            was_server = policy.fault is not None and policy.fault_at == "server"
+            policy.fault, policy.fault_at = fault, at
+            if self._layout().has_outbound:
+                self._apply_routes(callee=service)
+            if was_server or (fault is not None and at == "server"):
+                self._apply_inbound(service)
+        self._record("fault", service, before, _fault_record(fault, at))
 
     def set_policy(self, policy: Policy | None, service: str | None = None) -> None:
         """Authorization on a service's inbound sidecars; None (with ``service``) removes it."""
+        self._sync()
         if self.mode == "none":
             raise BackendError(
                 "authorization needs sidecars: mode 'none' has none; use serveronly, both or both-mtls"
@@ -301,6 +321,7 @@ class LocalMesh:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         """Retries and timeout (routes) and circuit breaking / outlier detection (clusters)."""
+        self._sync()
         self._need_outbound("retries, timeouts and circuit breaking")
         policy = self._policy(service)
         before = {
@@ -331,6 +352,20 @@ class LocalMesh:
             urls = tuple(f"http://127.0.0.1:{a.port}" for a in layout.apps[service].values())
         return LoadTarget(urls=urls, headers={"Host": service, CALLER_HEADER: LOADGEN}, service=service)
 
+    def direct_target(self, service: str, versions: list[str] | None = None) -> LoadTarget:
+        """The versions' app processes themselves, bypassing every sidecar: ground truth for checks.
+
+        k6 picks one URL at random per request, so the versions share the load evenly.
+        """
+        self._policy(service)
+        apps = self._layout().apps[service]
+        chosen = versions or list(apps)
+        unknown = [v for v in chosen if v not in apps]
+        if unknown:
+            raise BackendError(f"{service} has no version {', '.join(unknown)} (versions: {', '.join(apps)})")
+        urls = tuple(f"http://127.0.0.1:{apps[v].port}" for v in chosen)
+        return LoadTarget(urls=urls, headers={"Host": service, CALLER_HEADER: LOADGEN}, service=service)
+
     def run_load(self, service: str, profile: LoadProfile, workdir: Path | None = None) -> LoadResult:
         """Run k6 against ``service``; fails fast, naming the process, if any mesh process dies."""
         from workbench.load.k6 import run_k6
@@ -352,6 +387,7 @@ class LocalMesh:
 
     def set_behaviour(self, service: str, version: str, **changes: Any) -> Behaviour:
         """Change a version's service time, error rate or payload while it runs (a known effect)."""
+        self._sync()
         app = self._layout().apps[service][version]
         resp = requests.put(f"http://127.0.0.1:{app.port}/admin/behaviour", json=changes, timeout=5)
         if resp.status_code != 200:
@@ -568,6 +604,23 @@ class LocalMesh:
             f"Prometheus did not scrape all {expected} targets within {self.ready_timeout:.0f} s"
         )
 
+    def _sync(self) -> None:
+        """Start from the saved traffic state: other processes may control an attached mesh too.
+
+        Each outbound sidecar's routes cover every service, so rendering from a stale copy would
+        undo another process's split; and saving a stale copy would misreport the live one.
+        """
+        if not self.detached or self.layout is None:
+            return
+        try:
+            state = json.loads((self.run_dir / "state.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        with self._lock:
+            for service, raw in state["traffic"].items():
+                self.traffic[service] = _policy_from_state(raw)
+            self.policies = {s: Policy(**p) for s, p in state["policies"].items()}
+
     def _record_pids(self) -> None:
         path = self.run_dir / "pids.json"
         path.write_text(json.dumps([p.to_state() for p in self.supervisor.procs]))
@@ -628,12 +681,19 @@ def _dump(model: Any) -> Any:
     return model.model_dump() if model is not None else None
 
 
+def _fault_record(fault: Fault | None, at: str) -> Any:
+    """A fault for the change log: its fields, plus ``at: server`` when injected server-side."""
+    out = _dump(fault)
+    return {**out, "at": at} if out is not None and at == "server" else out
+
+
 def _policy_state(p: ev.TrafficPolicy) -> dict[str, Any]:
     return {
         "split": p.split,
         "route": _dump(p.route),
         "route_version": p.route_version,
         "fault": _dump(p.fault),
+        "fault_at": p.fault_at,
         "retries": _dump(p.retries),
         "timeout_s": p.timeout_s,
         "breaker": _dump(p.breaker),
@@ -646,6 +706,7 @@ def _policy_from_state(raw: dict[str, Any]) -> ev.TrafficPolicy:
         route=Route(**raw["route"]) if raw["route"] else None,
         route_version=raw["route_version"],
         fault=Fault(**raw["fault"]) if raw["fault"] else None,
+        fault_at=raw.get("fault_at", "client"),
         retries=Retries(**raw["retries"]) if raw["retries"] else None,
         timeout_s=raw["timeout_s"],
         breaker=CircuitBreaker(**raw["breaker"]) if raw["breaker"] else None,

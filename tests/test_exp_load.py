@@ -1,0 +1,245 @@
+"""The loadtest and mesh_compare experiment kinds, on the real local mesh and on Istio's fortio files."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill as pm
+import pytest
+
+from conftest import REPO
+from workbench.experiments import loadtest, mesh_compare, open_session
+from workbench.experiments.session import ExperimentResult, read_result
+from workbench.load import storage
+from workbench.load.results import LoadResult
+
+SUITE = """
+backend: local
+defaults: {warmup: 1s, slo_p99_ms: 1000}
+experiments:
+  - {name: lt, kind: loadtest, service: frontend, rps: [50, 150], connections: [8], duration: 3s}
+  - {name: mc, kind: mesh_compare, modes: [none, both], rps: 100, connections: [4], trials: 2, duration: 3s}
+  - {name: nothing, kind: mesh_compare, fortio_results: [no-such-dir/*_qps_*.json]}
+"""
+FORTIO = """
+experiments:
+  - {name: istio, kind: mesh_compare, fortio_results: ["istio-1.2-fortio/*_qps_*.json"], baseline: base}
+  - {name: wrong-base, kind: mesh_compare, fortio_results: ["istio-1.2-fortio/*_qps_*.json"], baseline: nope}
+"""
+NOTEBOOKS = REPO / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("suite") / "experiments.yaml"
+    path.write_text(SUITE)
+    return path
+
+
+def _run(config: Path, name: str, run_dir: Path, module: object, replay: bool = False) -> ExperimentResult:
+    s = open_session(config, name, run_dir=run_dir, quick=True, replay=replay)
+    try:
+        return s.execute(module)  # type: ignore[arg-type]
+    finally:
+        s.close()
+
+
+def _same(a: ExperimentResult, b: ExperimentResult) -> None:
+    assert (b.verdict, b.severity, b.headline) == (a.verdict, a.severity, a.headline)
+    assert json.dumps(b.to_json()["figures"]) == json.dumps(a.to_json()["figures"])
+
+
+def _check_figures(figs: dict) -> None:
+    for name, fig in figs.items():
+        layout = fig.layout
+        assert layout.title.text and layout.meta["reading"], name
+        assert layout.xaxis.title.text and "(" in layout.yaxis.title.text, f"{name}: axis titles, y units"
+
+
+def _notebook(name: str, out: Path, **parameters: object) -> tuple[str, int]:
+    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
+                        cwd=str(NOTEBOOKS), progress_bar=False)  # fmt: skip
+    nb = nbformat.read(out, as_version=4)
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text = "".join(str(o.get("text", "")) + "".join(map(str, o.get("data", {}).values())) for o in outputs)
+    figures = sum("Plotly.newPlot" in str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    return text, figures
+
+
+# ----------------------------------------------------------------------------------------------
+# loadtest
+
+
+@pytest.fixture(scope="module")
+def load_run(suite: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExperimentResult]:
+    run_dir = tmp_path_factory.mktemp("lt-run")
+    return run_dir, _run(suite, "lt", run_dir, loadtest)
+
+
+@pytest.mark.slow
+def test_loadtest_measures_every_point_and_judges_the_slo(load_run: tuple[Path, ExperimentResult]) -> None:
+    run_dir, result = load_run
+    points = run_dir / "lt" / "points"
+    assert len(list(points.glob("*.parquet"))) == 2 and len(list(points.glob("*.json"))) == 2
+    table = result.tables["points"]
+    assert sorted(table["rps"]) == [50, 150] and set(table["connections"]) == {8}
+    low = table[table["rps"] == 50].iloc[0]
+    assert low["achieved_rps"] == pytest.approx(50, rel=0.1)
+    assert 0 < low["p50"] <= low["p90"] <= low["p99"] and low["error_pct"] == 0
+    assert low["cpu_cores"] > 0  # the sidecars' cost from Prometheus is stored with the point
+    assert (result.verdict, result.severity) in (("pass", "ok"), ("fail", "worse"))
+    f = result.figures
+    assert f["slo_p99_ms"] == 1000 and f["points"] == 2 and f["max_achieved_rps"] > 0
+    assert f["knee_rps"] in (50, 150) or math.isnan(f["knee_rps"])
+    assert f["p99_ms_lowest_load"] == pytest.approx(low["p99"])
+    figs = loadtest.figures(result)
+    assert set(figs) == {"by_connections", "by_rps", "achieved"}
+    _check_figures(figs)
+    assert read_result(run_dir / "lt")["verdict"] == result.verdict
+
+
+@pytest.mark.slow
+def test_loadtest_replay_and_notebook_reuse_the_stored_points(
+    suite: Path, load_run: tuple[Path, ExperimentResult], tmp_path: Path
+) -> None:
+    run_dir, result = load_run
+    points = run_dir / "lt" / "points"
+    before = {p.name: p.stat().st_mtime_ns for p in points.iterdir()}
+    _same(result, _run(suite, "lt", run_dir, loadtest, replay=True))
+    text, figures = _notebook("loadtest", tmp_path / "lt.ipynb", config_file=str(suite), experiment="lt",
+                              run_dir=str(run_dir), quick=True, replay=True)  # fmt: skip
+    assert f"**{result.verdict}**" in text and result.headline in text and figures == 3
+    assert {p.name: p.stat().st_mtime_ns for p in points.iterdir()} == before  # no load was run
+
+
+def _point(rps: float, latency_ms: float, achieved_pct: float = 100.0) -> LoadResult:
+    duration = 10.0
+    n = int(rps * duration * achieved_pct / 100)
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    samples = pd.DataFrame({
+        "timestamp": start + pd.to_timedelta(np.linspace(0, duration, n, endpoint=False), unit="s"),
+        "latency_ms": np.full(n, latency_ms), "status": np.full(n, 200), "variant": np.full(n, "v1"),
+    })  # fmt: skip
+    meta = {"mode": "both", "rps": rps, "requested_rps": rps, "connections": 8, "repetition": 0,
+            "duration_s": duration, "start": start.isoformat()}  # fmt: skip
+    return LoadResult(meta, samples)
+
+
+@pytest.mark.parametrize(
+    ("grid", "verdict", "knee"),
+    [
+        ([(50, 5.0, 100), (150, 8.0, 100), (300, 2000.0, 100)], "pass", 150),  # p99 beyond the SLO at 300
+        ([(50, 5.0, 100), (150, 8.0, 90)], "pass", 50),  # 150 rps not achieved
+        ([(50, 1500.0, 100), (150, 1600.0, 100)], "fail", math.nan),  # even the lowest rate misses it
+        ([(50, 5.0, 95), (150, 5.0, 100)], "fail", math.nan),  # the lowest rate not achieved
+    ],
+)
+def test_loadtest_verdict_follows_the_knee(
+    suite: Path, tmp_path: Path, grid: list[tuple[float, float, float]], verdict: str, knee: float
+) -> None:
+    for rps, latency, achieved in grid:
+        storage.save(_point(rps, latency, achieved), tmp_path / "lt" / "points", f"both_rps{rps:g}_c8_rep0")
+    result = _run(suite, "lt", tmp_path, loadtest, replay=True)
+    assert result.verdict == verdict and result.severity == ("ok" if verdict == "pass" else "worse")
+    assert result.figures["knee_rps"] == knee or (math.isnan(knee) and math.isnan(result.figures["knee_rps"]))
+    assert ("SLO met up to" in result.headline) == (verdict == "pass")
+
+
+# ----------------------------------------------------------------------------------------------
+# mesh_compare on the local mesh
+
+
+@pytest.mark.slow
+def test_mesh_compare_runs_interleaved_trials_and_measures_the_sidecars(suite: Path, tmp_path: Path) -> None:
+    result = _run(suite, "mc", tmp_path, mesh_compare)
+    names = sorted(p.stem for p in (tmp_path / "mc" / "points").glob("*.json"))
+    assert names == [f"{m}_rps100_c4_rep{r}" for m in ("both", "none") for r in (0, 1)]
+    assert result.verdict == "measured" and result.severity == "ok"
+    over = result.tables["overhead"]
+    assert set(zip(over["mode"], over["connections"], over["metric"], strict=True)) == {
+        ("both", 4, "p50"), ("both", 4, "p90"), ("both", 4, "p99")
+    }  # fmt: skip
+    p50 = over[over["metric"] == "p50"].iloc[0]
+    assert p50["estimate"] > 0, "four sidecar hops per call must add latency"
+    assert p50["ci_low"] <= p50["estimate"] <= p50["ci_high"] and p50["n_windows"] >= 3 and p50["trials"] == 2
+    assert result.figures["delta_p50_both_c4"] == pytest.approx(p50["estimate"])
+    assert result.headline.startswith("both adds +")
+    cost = result.tables["proxy_cost"].set_index("mode")
+    assert cost.loc["both", "cpu_cores"] > 0 and cost.loc["both", "cpu_mcores_per_1000rps"] > 0
+    decision, sources = result.tables["decision"], result.tables["decision_sources"]
+    assert "both vs none" in decision.loc["added p50 latency", "Istio"]
+    assert decision.loc["added p50 latency", "Linkerd"].startswith("not measured here")
+    features = ["mTLS", "authorization", "traffic split", "header routing", "fault injection",
+                "observability", "multi-cluster"]  # fmt: skip
+    meshes = ("Istio", "Linkerd", "Consul")
+    assert all(sources.loc[f, m].startswith("https://") for f in features for m in meshes)
+    figs = mesh_compare.figures(result)
+    assert set(figs) == {"overhead", "percentiles", "proxy_cpu"}
+    _check_figures(figs)
+    _same(result, _run(suite, "mc", tmp_path, mesh_compare, replay=True))
+
+
+def test_mesh_compare_without_matching_files_names_pattern_and_directory(suite: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no-such-dir/\*_qps_\*\.json") as err:
+        _run(suite, "nothing", tmp_path, mesh_compare)
+    assert str(suite.parent) in str(err.value)
+    assert read_result(tmp_path / "nothing")["status"] == "failed"
+
+
+# ----------------------------------------------------------------------------------------------
+# mesh_compare over Istio 1.2's published fortio runs
+
+
+@pytest.fixture
+def fortio_suite(shared: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "suite" / "istio-1.2-fortio"
+    shutil.copytree(shared / "fixtures" / "istio-1.2-fortio", copy)
+    config = tmp_path / "suite" / "experiments.yaml"
+    config.write_text(FORTIO)
+    return config
+
+
+def _fortio_p50_ms(directory: Path, conns: int, arm: str) -> float:
+    (path,) = directory.glob(f"*_qps_1000_c_{conns}_1024_{arm}.json")
+    pct = json.loads(path.read_text())["DurationHistogram"]["Percentiles"]
+    return 1000 * next(p["Value"] for p in pct if p["Percentile"] == 50)
+
+
+def test_fortio_ingest_reports_the_files_own_differences(fortio_suite: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = _run(fortio_suite, "istio", run_dir, mesh_compare)
+    assert result.verdict == "measured"
+    over = result.tables["overhead"]
+    assert len(over) == 7 * 2 * 3 and set(over["mode"]) == {"serveronly", "both"}
+    assert over["ci_low"].isna().all() and set(over["verdict"]) == {"no interval"}
+    files = fortio_suite.parent / "istio-1.2-fortio"
+    expected = _fortio_p50_ms(files, 16, "both") - _fortio_p50_ms(files, 16, "base")
+    assert result.figures["delta_p50_both_c16"] == pytest.approx(expected, abs=1e-3)  # 1 µs
+    assert "no interval" in result.headline and "vs base" in result.headline
+    decision = result.tables["decision"]
+    assert "both vs base" in decision.loc["added p50 latency", "Istio"]  # the files' path names Istio
+    assert decision.loc["added p50 latency", "Consul"].startswith("not measured here")
+    figs = mesh_compare.figures(result)
+    assert set(figs) == {"overhead", "percentiles"}
+    _check_figures(figs)
+    shutil.rmtree(files)  # the stored copy is all a report needs
+    _same(result, _run(fortio_suite, "istio", run_dir, mesh_compare, replay=True))
+
+
+def test_fortio_unknown_baseline_names_the_field(fortio_suite: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"baseline: 'nope' is not among the measured arms \(.*base.*\)"):
+        _run(fortio_suite, "wrong-base", tmp_path, mesh_compare)
+
+
+@pytest.mark.slow
+def test_mesh_compare_notebook_over_fortio_results(fortio_suite: Path, tmp_path: Path) -> None:
+    text, figures = _notebook("mesh_compare", tmp_path / "mc.ipynb", config_file=str(fortio_suite),
+                              experiment="istio", run_dir=str(tmp_path / "run"), quick=True)  # fmt: skip
+    assert "**measured**" in text and "both adds +" in text and figures == 2
+    assert "[docs](https://linkerd.io/2/features/automatic-mtls/)" in text

@@ -1,0 +1,273 @@
+"""The Kubernetes backend: the Backend seam over one cluster namespace and its mesh.
+
+Traffic operations go to the mesh adapter (istio.py, linkerd.py, consul.py, gateway_api.py), chosen
+by the ``mesh`` setting or, with ``auto``, by what ``Cluster.detect_mesh`` finds; adapter classes are
+imported by name on first use, so a missing mesh's module costs nothing. Every change is recorded
+in ``changes`` like the local mesh's (time, action, target, before, after) plus the exact writes
+(``WriteRecord``s). ``dry_run=True`` sends no write: each operation returns the manifests it would
+apply, and leaves the adapter's remembered state as it was. Load runs in the cluster as a k6 Job
+(loadjob.py), aimed at the Service's in-cluster DNS name.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from workbench.backends.base import BackendError, LoadTarget, Service, Split
+from workbench.backends.kubernetes.apply import WriteRecord
+from workbench.backends.kubernetes.cluster import Cluster
+from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
+from workbench.load.results import LoadProfile, LoadResult
+
+# mesh setting -> adapter class, imported lazily (each module is optional until used)
+ADAPTERS = {
+    "istio": "workbench.backends.kubernetes.istio.IstioAdapter",
+    "linkerd": "workbench.backends.kubernetes.linkerd.LinkerdAdapter",
+    "consul": "workbench.backends.kubernetes.consul.ConsulAdapter",
+    "gateway-api": "workbench.backends.kubernetes.gateway_api.GatewayAPIAdapter",
+}
+PORT_FORWARD = {
+    "istio": "kubectl -n istio-system port-forward svc/prometheus 9090:9090",
+    "linkerd": "kubectl -n linkerd-viz port-forward svc/prometheus 9090:9090",
+    "consul": "kubectl -n consul port-forward svc/prometheus-server 9090:80",
+}
+
+
+def load_class(path: str) -> type:
+    """Import ``package.module.Class``; a clear BackendError when it is not there."""
+    module_name, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise BackendError(
+            f"{path} is not available in this workbench ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+class KubernetesBackend:
+    """See the module docstring. Build with ``from_settings`` (experiments.yaml) or from a ``Cluster``."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        mesh: str = "auto",
+        prometheus_url: str | None = None,
+        on_change: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        if mesh not in ("auto", *ADAPTERS):
+            raise BackendError(f"mesh must be auto or one of {', '.join(ADAPTERS)} (got {mesh!r})")
+        self.cluster = cluster
+        self.namespace = cluster.namespace
+        self.mesh_setting = mesh
+        self._prometheus_url = prometheus_url
+        self.on_change = on_change
+        self.changes: list[dict[str, Any]] = []
+        self._mesh: str | None = None if mesh == "auto" else mesh
+        self._adapter: Any = None
+        self._policies: dict[str, Policy] = {}
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, dry_run: bool = False, kubeconfig: str | Path | None = None, **options: Any
+    ) -> KubernetesBackend:
+        """From experiments.yaml's ``backend:`` settings: context, namespace, prometheus_url, mesh."""
+        cluster = Cluster.connect(settings.context, settings.namespace, kubeconfig, dry_run=dry_run)
+        url = str(settings.prometheus_url) if settings.prometheus_url else None
+        return cls(cluster, mesh=settings.mesh, prometheus_url=url, **options)
+
+    def __repr__(self) -> str:
+        return f"KubernetesBackend({self.cluster!r}, mesh={self.mesh_setting!r}, dry_run={self.dry_run})"
+
+    @property
+    def dry_run(self) -> bool:
+        return self.cluster.writer.dry_run
+
+    @property
+    def records(self) -> list[WriteRecord]:
+        """Every write made (or prepared, in a dry run), in order."""
+        return self.cluster.records
+
+    # -----------------------------------------------------------------------------------------
+    # Mesh and adapter
+
+    @property
+    def mesh(self) -> str:
+        """The mesh the adapter drives: the setting, or what the cluster has (auto)."""
+        if self._mesh is None:
+            found = self.cluster.detect_mesh()
+            if found is None:
+                raise BackendError(
+                    f"no service mesh found in context {self.cluster.context} (no istiod in istio-system, "
+                    "no linkerd-destination in linkerd, no consul-server in consul, no Gateway API "
+                    "HTTPRoute CRD): install one or set backend.mesh"
+                )
+            self._mesh = found
+        return self._mesh
+
+    @property
+    def adapter(self) -> Any:
+        """The MeshAdapter for ``mesh`` over this namespace (built on first use)."""
+        if self._adapter is None:
+            adapter_cls = load_class(ADAPTERS[self.mesh])
+            self._adapter = adapter_cls(self.cluster.writer, self.namespace, self.cluster.versions())
+        return self._adapter
+
+    def refresh(self) -> None:
+        """Re-read the services' versions (after a deployment changed), keeping the traffic state."""
+        if self._adapter is not None:
+            self._adapter.versions = self.cluster.versions()
+
+    # -----------------------------------------------------------------------------------------
+    # The Backend seam
+
+    def services(self) -> list[Service]:
+        return self.cluster.services()
+
+    def get_split(self, service: str) -> Split:
+        """The split the cluster applies now, read from the live objects."""
+        return dict(self.adapter.get_split(service))
+
+    def set_split(self, service: str, split: Split) -> list[dict[str, Any]]:
+        """Percentage weights per version; returns the applied (or, dry run, the would-be) manifests."""
+        before = self.get_split(service)
+        return self._change("split", service, before, dict(split), lambda a: a.set_split(service, split))
+
+    def rollback(self, service: str) -> list[dict[str, Any]]:
+        """All traffic back to the stable (first) version."""
+        versions = self.cluster.versions().get(service) or []
+        if not versions:
+            raise BackendError(f"no versioned service {service!r} in namespace {self.namespace}")
+        return self.set_split(service, {versions[0]: 100})
+
+    def set_route(
+        self, service: str, route: Route | None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Header/cookie ``route`` to ``version`` (None removes the route)."""
+        before = self._state_field(service, "route", "route_version")
+        after = {"match": _dump(route), "version": version}
+        return self._change("route", service, before, after, lambda a: a.set_route(service, route, version))
+
+    def set_fault(self, service: str, fault: Fault | None) -> list[dict[str, Any]]:
+        """Delay or abort a share of the calls (None removes it)."""
+        before = self._state_field(service, "fault")
+        return self._change("fault", service, before, _dump(fault), lambda a: a.set_fault(service, fault))
+
+    def set_policy(self, policy: Policy | None, service: str | None = None) -> list[dict[str, Any]]:
+        """Authorization for calls to a service; None (with ``service``) removes the workbench's policy."""
+        target = policy.service if policy is not None else service
+        if target is None:
+            raise BackendError("set_policy(None) needs the service whose policy to remove")
+        before = _dump(self._policies.get(target))
+        out = self._change("policy", target, before, _dump(policy), lambda a: a.set_policy(policy, service))
+        if not self.dry_run:
+            if policy is None:
+                self._policies.pop(target, None)
+            else:
+                self._policies[target] = policy
+        return out
+
+    def set_resilience(
+        self,
+        service: str,
+        retries: Retries | None = None,
+        timeout_s: float | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> list[dict[str, Any]]:
+        """Retries, timeout and circuit breaking (outlier detection) for calls to ``service``."""
+        before = self._state_field(service, "retries", "timeout_s", "breaker")
+        after = {"retries": _dump(retries), "timeout_s": timeout_s, "breaker": _dump(breaker)}
+        return self._change(
+            "resilience",
+            service,
+            before,
+            after,
+            lambda a: a.set_resilience(service, retries=retries, timeout_s=timeout_s, breaker=breaker),
+        )
+
+    def prometheus_url(self) -> str:
+        """backend.prometheus_url; a clear error, with the port-forward to run, when it is not set."""
+        if self._prometheus_url:
+            return self._prometheus_url
+        forward = PORT_FORWARD.get(self._mesh or "", PORT_FORWARD["istio"])
+        raise BackendError(
+            "backend.prometheus_url is not set: the workbench reads telemetry from the cluster's "
+            f"Prometheus. Port-forward it (e.g. '{forward}', or for Linkerd '{PORT_FORWARD['linkerd']}') "
+            "and set prometheus_url: http://127.0.0.1:9090 in experiments.yaml"
+        )
+
+    def load_target(self, service: str) -> LoadTarget:
+        """The Service's in-cluster URL, http://<svc>.<ns>.svc.cluster.local:<port> (k6 runs in a pod)."""
+        port = self.cluster.service_port(service)
+        url = f"http://{service}.{self.namespace}.svc.cluster.local:{port}"
+        return LoadTarget(urls=(url,), headers={}, service=service)
+
+    def run_load(self, service: str, profile: LoadProfile, **options: Any) -> LoadResult:
+        """k6 as a Job in the namespace: ``loadjob.run_load_job(cluster, namespace, profile, target,
+        labels={backend, namespace, service}, **options)`` (options: parallelism, image, timeout_s ...;
+        script in a ConfigMap, results merged, Job and ConfigMap removed afterwards, also on failure)."""
+        if self.dry_run:
+            raise BackendError("dry run: no load is run against the cluster (the Job would be real traffic)")
+        run_load_job = load_class("workbench.backends.kubernetes.loadjob.run_load_job")
+        options.setdefault(
+            "labels", {"backend": "kubernetes", "namespace": self.namespace, "service": service}
+        )
+        target = self.load_target(service)
+        return run_load_job(self.cluster, self.namespace, profile, target, **options)  # type: ignore[call-arg]
+
+    # -----------------------------------------------------------------------------------------
+    # Internals
+
+    def _state_field(self, service: str, *names: str) -> Any:
+        state = self.adapter.state.get(service)
+        if len(names) == 1:
+            return _dump(getattr(state, names[0], None))
+        return {n: _dump(getattr(state, n, None)) for n in names}
+
+    def _change(
+        self, action: str, target: str, before: Any, after: Any, op: Callable[[Any], list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Run ``op`` on the adapter; on failure, or in a dry run, put its remembered state back."""
+        adapter = self.adapter
+        saved = copy.deepcopy(adapter.state)
+        first = len(self.records)
+        try:
+            out = op(adapter)
+        except BaseException:
+            adapter.state = saved
+            raise
+        if self.dry_run:
+            adapter.state = saved
+        entry = {
+            "time": datetime.now(UTC).isoformat(),
+            "action": action,
+            "target": target,
+            "before": before,
+            "after": after,
+            "dry_run": self.dry_run,
+            "writes": [r.to_json() for r in self.records[first:]],
+        }
+        self.changes.append(entry)
+        if self.on_change is not None:
+            self.on_change(entry)
+        return list(out or [])
+
+
+def _dump(value: Any) -> Any:
+    """JSON-able form of a config value (pydantic model, dataclass) for the change log."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _dump(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_dump(v) for v in value]
+    return str(value)

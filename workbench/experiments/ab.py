@@ -1,0 +1,194 @@
+"""A/B test: two versions live at the same time, split by weight or by a header/cookie route.
+
+Both arms share every window of time, so the statistics pair them (``stats.compare``). On the local
+mesh the experiment then measures the two versions' apps directly, without any sidecar, at the same
+rate: that is the ground truth the A/B interval should cover (a known effect, e.g. the demo's
+catalog v2 with +2 ms service time, must come out ``worse`` with an interval around the truth).
+Traffic always ends on the baseline (stable) version, also when the run fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from workbench.experiments.session import VERDICT_SEVERITY, ExperimentResult, Session, metric_checks
+from workbench.load import storage
+from workbench.load.results import LoadProfile, LoadResult
+from workbench.plots import COLOURS, interval_chart, latency_cdf, styled
+from workbench.stats.compare import Comparison, compare
+
+SEVERITY = VERDICT_SEVERITY
+
+
+def profile(spec: Any) -> LoadProfile:
+    """The load of an A/B: the route's share of requests carries the header or cookie."""
+    tagged: dict[str, str] = {}
+    percent = 0.0
+    if spec.route is not None:
+        r = spec.route
+        tagged = {r.header: r.value} if r.header else {"Cookie": f"{r.cookie}={r.value}"}
+        percent = r.percent
+    return LoadProfile(
+        rps=spec.rps if spec.model == "open" else None,
+        connections=spec.connections,
+        duration_s=spec.duration,
+        warmup_s=spec.warmup,
+        model=spec.model,
+        path=spec.path,
+        tagged_percent=percent,
+        tagged_headers=tagged,
+    )
+
+
+def run(s: Session) -> None:
+    """Apply the split or route, run the load, restore the baseline; then measure the apps directly."""
+    spec, mesh = s.spec, s.backend()
+    base, cand = spec.variants.baseline, spec.variants.candidate
+    try:
+        if spec.split is not None:
+            mesh.set_split(spec.service, spec.split)
+        else:
+            mesh.set_split(spec.service, {base: 100})
+            mesh.set_route(spec.service, spec.route, version=cand)
+        s.progress(f"A/B {base} vs {cand}: {spec.rps:g} rps for {spec.duration:g} s")
+        storage.save(mesh.run_load(spec.service, profile(spec)), s.store, "ab")
+    finally:
+        if spec.route is not None:
+            mesh.set_route(spec.service, None)
+        mesh.set_split(spec.service, {base: 100})
+    if hasattr(mesh, "direct_target"):
+        s.progress(f"measuring {base} and {cand} directly, without sidecars (ground truth)")
+        storage.save(_direct(mesh, spec), s.store, "direct")
+
+
+def _direct(mesh: Any, spec: Any) -> LoadResult:
+    from workbench.load.k6 import run_k6
+
+    target = mesh.direct_target(spec.service, [spec.variants.baseline, spec.variants.candidate])
+    plain = LoadProfile(rps=spec.rps, connections=spec.connections, duration_s=spec.duration,
+                        warmup_s=spec.warmup, path=spec.path)  # fmt: skip
+    work = tempfile.mkdtemp(prefix="k6-direct-")
+    try:
+        return run_k6(plain, target, work, labels={"service": spec.service, "backend": "direct"},
+                      on_poll=mesh.check)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _compare(s: Session, res: LoadResult) -> tuple[Comparison | None, dict[str, LoadResult]]:
+    spec = s.spec
+    arms = res.by_variant()
+    base, cand = spec.variants.baseline, spec.variants.candidate
+    if base not in arms or cand not in arms:
+        return None, arms
+    comp = compare(arms[base], arms[cand], metrics=spec.metrics, window=spec.window, margin=s.margin,
+                   alpha=spec.alpha, no_data=spec.no_data)  # fmt: skip
+    return comp, arms
+
+
+def analyse(s: Session) -> ExperimentResult:
+    """Judge the stored run; re-runnable from the data alone."""
+    spec = s.spec
+    base, cand = spec.variants.baseline, spec.variants.candidate
+    res = storage.load(s.store / "ab.json")
+    comp, arms = _compare(s, res)
+    if comp is None:
+        seen = ", ".join(f"{v or '(no answer)'}: {len(r.samples)}" for v, r in arms.items()) or "none"
+        verdict = {"fail": "worse", "pass": "equivalent"}.get(spec.no_data, "inconclusive")
+        return ExperimentResult(
+            spec.name, "ab", verdict, SEVERITY[verdict],  # type: ignore[arg-type]
+            f"no requests reached both {base} and {cand} (answers per version: {seen}); "
+            f"no_data={spec.no_data} gives {verdict}",
+        )  # fmt: skip
+    frame = comp.to_frame()
+    truth = _truth(s, frame)
+    decisive = next((r for r in comp if r.verdict == comp.verdict), next(iter(comp)))
+    headline = f"{spec.service} {cand} vs {base}: {comp.verdict}. {decisive.explain()}"
+    figures: dict[str, Any] = {
+        "requests_" + base: len(arms[base].samples),
+        "requests_" + cand: len(arms[cand].samples),
+    }
+    for r in comp:
+        figures[f"delta_{r.metric}"] = r.estimate
+        figures[f"delta_{r.metric}_ci"] = list(r.ci)
+        figures[f"verdict_{r.metric}"] = r.verdict
+    if truth is not None:
+        for metric, row in truth.iterrows():
+            figures[f"direct_delta_{metric}"] = row["direct_estimate"]
+            figures[f"direct_covered_{metric}"] = bool(row["covered"])
+    tables = {"comparison": frame, "percentiles": _percentiles(arms, (base, cand))}
+    if truth is not None:
+        tables["truth"] = truth
+    return ExperimentResult(
+        spec.name, "ab", comp.verdict, SEVERITY[comp.verdict], headline, figures, tables,  # type: ignore[arg-type]
+        {"comparison": comp, "arms": {base: arms[base], cand: arms[cand]}}, metric_checks(comp),
+    )  # fmt: skip
+
+
+def _truth(s: Session, frame: pd.DataFrame) -> pd.DataFrame | None:
+    """The direct (sidecar-free) difference per metric and whether the A/B interval covers it."""
+    path = s.store / "direct.json"
+    if not path.exists():
+        return None
+    direct = storage.load(path)
+    comp, _ = _compare(s, direct)
+    if comp is None:
+        return None
+    rows = []
+    for r in comp:
+        lo, hi = frame.loc[r.metric, "ci_low"], frame.loc[r.metric, "ci_high"]
+        rows.append({"metric": r.metric, "direct_estimate": r.estimate, "direct_ci_low": r.ci[0],
+                     "direct_ci_high": r.ci[1], "ab_ci_low": lo, "ab_ci_high": hi,
+                     "covered": bool(lo <= r.estimate <= hi)})  # fmt: skip
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def _percentiles(arms: dict[str, LoadResult], order: tuple[str, str]) -> pd.DataFrame:
+    cols = ["count", "actual_rps", "p50", "p90", "p99", "max", "error_pct"]
+    rows = {v: {k: arms[v].summary()[k] for k in cols} for v in order}
+    return pd.DataFrame(rows).T.rename_axis("version")
+
+
+def figures(result: ExperimentResult) -> dict[str, go.Figure]:
+    """CDFs per version, the differences with intervals, and p50 per window over time."""
+    if "comparison" not in result.details:
+        return {}
+    comp: Comparison = result.details["comparison"]
+    arms: dict[str, LoadResult] = result.details["arms"]
+    (base, a), (cand, b) = arms.items()
+    lat = {f"{base} (baseline)": a.samples["latency_ms"], f"{cand} (candidate)": b.samples["latency_ms"]}
+    p50 = comp["p50"] if "p50" in comp.results else next(iter(comp))
+    cdf = latency_cdf(
+        lat, f"Latency distribution: {cand} vs {base}",
+        f"{p50.metric} {p50.baseline:.2f} → {p50.candidate:.2f} ms; verdict {result.verdict}",
+        colours=[COLOURS["baseline"], COLOURS["candidate"]],
+    )  # fmt: skip
+    frame = result.tables["comparison"]
+    latency = frame[frame["unit"] == "ms"]
+    reading = "; ".join(f"{m} {r['verdict']}" for m, r in frame.iterrows())
+    out = {"cdf": cdf}
+    if len(latency):
+        out["intervals"] = interval_chart(
+            latency, f"Latency difference {cand} − {base}, with intervals", reading
+        )
+    wa, wb = comp.windows["a"], comp.windows["b"]
+    fig = go.Figure()
+    for name, w, colour in ((base, wa, COLOURS["baseline"]), (cand, wb, COLOURS["candidate"])):
+        t = w.index.to_numpy() * comp.window_s
+        fig.add_trace(
+            go.Scatter(x=t, y=w["p50"], mode="lines+markers", name=f"{name} p50", line={"color": colour})
+        )
+        fig.add_trace(go.Scatter(x=t, y=w["p99"], mode="lines", name=f"{name} p99",
+                                 line={"color": colour, "dash": "dot"}))  # fmt: skip
+    gap = float((wb["p50"] - wa["p50"]).median()) if len(wa) and len(wb) else float("nan")
+    out["windows"] = styled(
+        fig, f"p50 and p99 per {comp.window_s:g} s window",
+        f"the candidate's p50 sits {gap:+.2f} ms from the baseline's in the median window",
+        "time since start (s)", "latency (ms)",
+    )  # fmt: skip
+    return out

@@ -1,0 +1,571 @@
+"""Canary roll-out: raise the canary's traffic weight step by step, deciding after every step.
+
+What Flagger and Argo Rollouts users expect, with the statistics of ../shared/DESIGN.md: at each
+step (e.g. 5, 10, 25, 50 % canary weight) the split is set, load runs for the step's duration and
+its samples are stored at once; then a sequential look (``stats.sequential``) compares the stable
+and canary arms over all steps so far, spending a share of one false-rollback budget ``alpha``
+(shares follow the steps' durations). ``rollback`` sends all traffic back to stable at once and
+stops; ``continue`` goes on; after the last look ``promote`` gives the canary 100 % (a weight-100
+step is the promotion itself: nothing is left to compare it against), ``inconclusive`` ends on
+stable 100 % (``on_fail: rollback``) or also on stable but "paused" for a human (``on_fail: pause``).
+
+Traffic always ends on a safe split: stable 100 % after a rollback, an error, Ctrl-C or SIGTERM
+(a ``finally`` restores it, with those signals blocked meanwhile), canary 100 % only after a
+promotion. Every split change, step start/end and decision is written to ``timeline.json`` as it
+happens; ``analyse`` re-derives the decisions from the stored steps (deterministically) and takes
+what actually happened from the timeline, so a run interrupted after 2 of 5 steps still analyses.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.experiments.session import ExperimentResult, Session, Severity
+from workbench.load import storage
+from workbench.load.results import LoadProfile, LoadResult, empty_samples
+from workbench.plots import COLOURS, interval_chart, styled
+from workbench.stats.compare import Margin
+from workbench.stats.sequential import Decision, SequentialTest
+from workbench.stats.windows import window_table
+
+TIMELINE_FILE = "timeline.json"
+KIND = "canary"
+# Outcomes written to the timeline's "end" event, and the verdict/severity each one gives.
+OUTCOMES: dict[str, tuple[str, Severity]] = {
+    "promoted": ("promoted", "ok"),
+    "rolled back": ("rolled back", "worse"),
+    "inconclusive": ("inconclusive, rolled back", "inconclusive"),
+    "paused": ("paused: needs a human decision", "inconclusive"),
+    "interrupted": ("interrupted, rolled back", "error"),
+    "terminated": ("terminated, rolled back", "error"),
+    "failed": ("failed, rolled back", "error"),
+}
+ACTION_STYLE = {  # decision markers: colour and symbol per action
+    "promote": (COLOURS["ok"], "triangle-up"),
+    "continue": (COLOURS["grey"], "circle"),
+    "rollback": (COLOURS["bad"], "x"),
+    "inconclusive": ("#ff7f0e", "diamond"),
+}
+VERDICT_CODE = {"better": 0, "equivalent": 1, "inconclusive": 2, "worse": 3}
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The roll-out as declared: steps, which of them are looks, and the statistics settings."""
+
+    service: str
+    stable: str
+    canary: str
+    steps: list[dict[str, float]]  # [{"weight": 5, "duration_s": 20.0}, ...]
+    metrics: list[str]
+    alpha: float
+    window_s: float
+    margin: dict[str, float]
+    no_data: str
+    on_fail: str
+
+    @property
+    def looks(self) -> int:
+        """Steps that compare the two arms: those below 100 % (a 100 % step is the promotion)."""
+        return sum(1 for st in self.steps if st["weight"] < 100)
+
+    @property
+    def look_weights(self) -> list[float]:
+        """The alpha-spending weights: each look's planned duration."""
+        return [st["duration_s"] for st in self.steps if st["weight"] < 100]
+
+    def test(self) -> SequentialTest:
+        """A fresh sequential test for this plan's looks."""
+        return SequentialTest(
+            looks=self.looks, metrics=self.metrics, margin=Margin(**self.margin), alpha=self.alpha,
+            window=self.window_s, no_data=self.no_data, weights=self.look_weights,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def split(self, weight: float) -> dict[str, int]:
+        """The traffic split of a step with canary weight ``weight``."""
+        w = int(weight)
+        return {self.stable: 100 - w, self.canary: w} if w < 100 else {self.canary: 100}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "looks": self.looks, "alpha_shares": self._shares()}
+
+    def _shares(self) -> list[float]:
+        weights = self.look_weights
+        return [self.alpha * w / sum(weights) for w in weights] if weights else []
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Plan:
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in raw.items() if k in fields})
+
+
+def plan_of(spec: Any) -> Plan:
+    """The plan of a canary spec; ValueError naming the field when it cannot run."""
+    if not spec.steps:
+        raise ValueError(f"{spec.name}: steps: a canary needs at least one step")
+    steps = []
+    for i, st in enumerate(spec.steps):
+        duration = st.duration or spec.duration
+        if not duration or duration <= 0:
+            raise ValueError(f"{spec.name}: steps[{i}].duration: needs a duration (or set the experiment's)")
+        steps.append({"weight": int(st.weight), "duration_s": float(duration)})
+    if not any(st["weight"] < 100 for st in steps):
+        raise ValueError(
+            f"{spec.name}: steps: needs at least one step below weight 100 to compare {spec.canary} "
+            f"against {spec.stable} (a weight-100 step is the promotion itself)"
+        )
+    m = spec.margins
+    return Plan(
+        service=spec.service, stable=spec.stable, canary=spec.canary, steps=steps, metrics=list(spec.metrics),
+        alpha=float(spec.alpha), window_s=float(spec.window),
+        margin={"latency_ms": m.latency_ms, "latency_pct": m.latency_pct, "error_rate_pct": m.error_rate_pct},
+        no_data=spec.no_data, on_fail=spec.on_fail,
+    )  # fmt: skip
+
+
+def _check_versions(mesh: Any, plan: Plan, name: str) -> None:
+    """ValueError naming the field when the service or a version does not exist on the backend."""
+    services = {svc.name: svc for svc in mesh.services()}
+    if plan.service not in services:
+        raise ValueError(f"{name}: service: no service {plan.service!r} (services: {', '.join(services)})")
+    versions = services[plan.service].versions
+    for field_name, version in (("stable", plan.stable), ("canary", plan.canary)):
+        if version not in versions:
+            raise ValueError(
+                f"{name}: {field_name}: {plan.service} has no version {version!r} "
+                f"(versions: {', '.join(versions)})"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# The timeline
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Timeline:
+    """The run's events (``timeline.json`` in the store), rewritten after every event."""
+
+    def __init__(self, s: Session, plan: Plan):
+        self.s = s
+        self.doc: dict[str, Any] = {"plan": plan.to_json(), "started": _now(), "events": []}
+        self._write()
+
+    def add(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Record one event now (time, event name, fields) and write the file."""
+        entry = {"time": _now(), "event": event, **fields}
+        self.doc["events"].append(entry)
+        self._write()
+        return entry
+
+    def _write(self) -> None:
+        self.s.save_json(TIMELINE_FILE, self.doc)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """In the main thread: SIGTERM raises SystemExit (so ``finally`` blocks run) while inside."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (delivered on exit) so a second Ctrl-C cannot cut a restore short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def profile(spec: Any, duration_s: float, warmup_s: float) -> LoadProfile:
+    """The load of one step (warm-up only before the first)."""
+    return LoadProfile(
+        rps=spec.rps if spec.model == "open" else None, connections=spec.connections, duration_s=duration_s,
+        warmup_s=warmup_s, model=spec.model, path=spec.path,
+    )  # fmt: skip
+
+
+def _arms(frames: list[pd.DataFrame], plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cumulative (stable, canary) samples of the steps so far."""
+    samples = pd.concat(frames, ignore_index=True) if frames else empty_samples()
+    variant = samples["variant"].astype(str)
+    return (
+        samples[variant == plan.stable].reset_index(drop=True),
+        samples[variant == plan.canary].reset_index(drop=True),
+    )
+
+
+def _decision_record(d: Decision, step: int) -> dict[str, Any]:
+    return {
+        "look": d.look, "step": step, "action": d.action, "alpha_spent": d.alpha_spent, "reasons": d.reasons,
+        "metrics": {r.metric: {"estimate": r.estimate, "ci": list(r.ci), "verdict": r.verdict}
+                    for r in d.comparison},
+    }  # fmt: skip
+
+
+def run(s: Session) -> None:
+    """Walk the steps on the backend, storing each step and decision; always end on a safe split."""
+    spec = s.spec
+    plan = plan_of(spec)
+    mesh = s.backend()
+    _check_versions(mesh, plan, spec.name)
+    timeline = Timeline(s, plan)
+    timeline.add("initial split", split=mesh.get_split(plan.service))
+    test = plan.test()
+    n = len(plan.steps)
+    frames: list[pd.DataFrame] = []
+    outcome, reason = "failed", "the run ended before its first decision"
+    with _sigterm_raises():
+        try:
+            for i, st in enumerate(plan.steps, start=1):
+                weight, duration = st["weight"], st["duration_s"]
+                if weight >= 100:  # the promotion step: only reached when every look passed
+                    break
+                split = plan.split(weight)
+                mesh.set_split(plan.service, split)
+                timeline.add("split", split=split, reason=f"step {i}/{n}")
+                timeline.add("step start", step=i, weight=weight, duration_s=duration)
+                s.progress(f"canary step {i}/{n}: {weight}% to {plan.canary} for {duration:g} s")
+                warmup = float(spec.warmup or 0) if i == 1 else 0.0
+                result = mesh.run_load(plan.service, profile(spec, duration, warmup))
+                storage.save(result, s.store, f"step-{i}")
+                counts = result.samples["variant"].astype(str).value_counts().to_dict()
+                timeline.add("step end", step=i, weight=weight, requests=counts, file=f"step-{i}.json")
+                frames.append(result.samples)
+                decision = test.look(*_arms(frames, plan))
+                timeline.add("decision", **_decision_record(decision, i))
+                s.progress(
+                    f"canary step {i}/{n}: {weight}% look {decision.look}/{plan.looks}: {decision.action} "
+                    f"(alpha spent {decision.alpha_spent:.4g})"
+                )
+                if decision.action == "continue":
+                    continue
+                outcome = {"promote": "promoted", "rollback": "rolled back"}.get(decision.action, "")
+                outcome = outcome or ("paused" if plan.on_fail == "pause" else "inconclusive")
+                reason = "; ".join(decision.reasons)
+                break
+        except KeyboardInterrupt:
+            outcome, reason = "interrupted", "interrupted (Ctrl-C / SIGINT)"
+            raise
+        except SystemExit as exc:
+            outcome, reason = "terminated", f"terminated (SIGTERM or exit, status {exc.code})"
+            raise
+        except BaseException as exc:
+            outcome, reason = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            _finish(s, mesh, plan, timeline, outcome, reason)
+
+
+def _finish(s: Session, mesh: Any, plan: Plan, timeline: Timeline, outcome: str, reason: str) -> None:
+    """Set the safe final split (canary 100 % only after a promotion) and record how the run ended."""
+    final = {plan.canary: 100} if outcome == "promoted" else {plan.stable: 100}
+    why = "promote" if outcome == "promoted" else f"restore stable ({outcome})"
+    with _signals_blocked():
+        try:
+            mesh.set_split(plan.service, final)
+        except Exception as exc:  # the mesh itself is gone: say so, keep the original error
+            timeline.add("restore failed", split=final, error=f"{type(exc).__name__}: {exc}")
+            timeline.add("end", outcome=outcome, reason=reason)
+            if outcome in ("promoted", "rolled back", "inconclusive", "paused"):
+                raise
+            return
+        timeline.add("split", split=final, reason=why)
+        timeline.add("end", outcome=outcome, reason=reason)
+    s.progress(f"canary {plan.canary}: {OUTCOMES[outcome][0]}; traffic now {final}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+
+@dataclass
+class Look:
+    """One re-derived look: its step, weight and sequential decision."""
+
+    step: int
+    weight: float
+    decision: Decision
+
+
+def _stored_steps(s: Session, plan: Plan) -> dict[int, LoadResult]:
+    """The steps whose data was stored (a partial run has fewer)."""
+    out = {}
+    for i in range(1, len(plan.steps) + 1):
+        path = s.store / f"step-{i}.json"
+        if path.exists():
+            out[i] = storage.load(path)
+    return out
+
+
+def rederive(plan: Plan, steps: dict[int, LoadResult]) -> list[Look]:
+    """The decisions the stored steps give, in order, stopping at the first final action."""
+    test, frames, looks = plan.test(), [], []
+    for i, st in enumerate(plan.steps, start=1):
+        if st["weight"] >= 100 or i not in steps:
+            break
+        frames.append(steps[i].samples)
+        d = test.look(*_arms(frames, plan))
+        looks.append(Look(i, st["weight"], d))
+        if d.action != "continue":
+            break
+    return looks
+
+
+def analyse(s: Session) -> ExperimentResult:
+    """Judge the stored run (re-runnable from stored data alone, also for an interrupted run)."""
+    doc = s.load_json(TIMELINE_FILE)
+    plan = Plan.from_json(doc["plan"])
+    events: list[dict[str, Any]] = doc["events"]
+    steps = _stored_steps(s, plan)
+    looks = rederive(plan, steps)
+    stored = [e for e in events if e["event"] == "decision"]
+    consistent = [e["action"] for e in stored] == [lk.decision.action for lk in looks[: len(stored)]]
+    end = next((e for e in reversed(events) if e["event"] == "end"), None)
+    splits = [e for e in events if e["event"] in ("split", "initial split")]
+    final_split = splits[-1]["split"] if splits else {}
+    n = len(plan.steps)
+    last = looks[-1] if looks else None
+    if end is None:
+        verdict, severity = "incomplete", "error"
+        headline = (f"{plan.service} {plan.canary}: the run stopped without finishing (no end event; "
+                    f"the last split recorded was {final_split})")  # fmt: skip
+    else:
+        verdict, severity = OUTCOMES.get(end["outcome"], (end["outcome"], "error"))
+        headline = _headline(plan, events, looks, final_split)
+    figures: dict[str, Any] = {
+        "final_split": final_split,
+        "steps_completed": sum(1 for e in events if e["event"] == "step end"),
+        "steps_planned": n,
+        "looks": len(looks),
+        "last_decision": last.decision.action if last else None,
+        "alpha_spent": sum(lk.decision.alpha_spent for lk in looks),
+        "decisions_consistent": consistent,
+    }
+    if last is not None:
+        for r in last.decision.comparison:
+            figures[f"{r.metric}_estimate"] = r.estimate
+            figures[f"{r.metric}_ci"] = list(r.ci)
+            figures[f"{r.metric}_verdict"] = r.verdict
+    tables = {"looks": _looks_table(looks), "steps": _steps_table(plan, steps)}
+    tables["timeline"] = _events_table(events)
+    details = {"plan": plan, "events": events, "looks": looks, "steps": steps, "consistent": consistent}
+    return ExperimentResult(s.spec.name, KIND, verdict, severity, headline, figures, tables, details)
+
+
+def _headline(
+    plan: Plan, events: list[dict[str, Any]], looks: list[Look], final_split: dict[str, int]
+) -> str:
+    """One sentence: what happened to the canary, where, and why (the deciding metrics' explain())."""
+    who, n = f"{plan.service} {plan.canary}", len(plan.steps)
+    end = next(e for e in reversed(events) if e["event"] == "end")
+    outcome = end["outcome"]
+    last = looks[-1] if looks else None
+    at = f"step {last.step}/{n} at {last.weight:g} %" if last else "before any look"
+    reasons = "; ".join(last.decision.reasons) if last else ""
+    if outcome == "promoted":
+        return f"{who} promoted to 100 % after {len(looks)} look(s): {reasons}"
+    if outcome == "rolled back" and last is not None:
+        worse = [r.explain() for r in last.decision.comparison if r.verdict == "worse"]
+        return f"{who} rolled back to {plan.stable} at {at}: " + "; ".join(worse)
+    if outcome in ("inconclusive", "paused"):
+        what = "paused on" if outcome == "paused" else "rolled back to"
+        return f"{who}: the last look ({at}) could not decide; {what} {plan.stable} 100 %: {reasons}"
+    started = [e for e in events if e["event"] == "step start"]
+    where = (
+        f"during step {started[-1]['step']}/{n} at {started[-1]['weight']:g} %"
+        if started
+        else "before step 1"
+    )
+    so_far = f"{len(looks)} look(s), the last: {last.decision.action}" if last else "no look yet"
+    split = ", ".join(f"{v} {w} %" for v, w in final_split.items() if w)
+    return f"{who}: {end.get('reason') or outcome} {where} ({so_far}); traffic ended on {split}"
+
+
+def _looks_table(looks: list[Look]) -> pd.DataFrame:
+    rows = []
+    for lk in looks:
+        for r in lk.decision.comparison:
+            rows.append({
+                "look": lk.decision.look, "step": lk.step, "weight_pct": lk.weight,
+                "action": lk.decision.action, "alpha_spent": lk.decision.alpha_spent, "metric": r.metric,
+                "unit": r.unit,
+                "baseline": r.baseline, "candidate": r.candidate, "estimate": r.estimate, "ci_low": r.ci[0],
+                "ci_high": r.ci[1], "margin": r.margin, "verdict": r.verdict, "n_windows": r.n_windows,
+                "explanation": r.explain(),
+            })  # fmt: skip
+    cols = ["look", "step", "weight_pct", "action", "alpha_spent", "metric", "unit", "baseline", "candidate",
+            "estimate", "ci_low", "ci_high", "margin", "verdict", "n_windows", "explanation"]  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _steps_table(plan: Plan, steps: dict[int, LoadResult]) -> pd.DataFrame:
+    rows = []
+    for i, res in steps.items():
+        arms = res.by_variant()
+        row: dict[str, Any] = {"step": i, "weight_pct": plan.steps[i - 1]["weight"],
+                               "duration_s": plan.steps[i - 1]["duration_s"]}  # fmt: skip
+        for name, version in (("stable", plan.stable), ("canary", plan.canary)):
+            summ = arms[version].summary() if version in arms else {}
+            row[f"{name}_requests"] = int(summ.get("count", 0))
+            row[f"{name}_p50_ms"] = summ.get("p50", np.nan)
+            row[f"{name}_p99_ms"] = summ.get("p99", np.nan)
+            row[f"{name}_error_pct"] = summ.get("error_pct", np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("step") if rows else pd.DataFrame()
+
+
+def _events_table(events: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for e in events:
+        what = {k: v for k, v in e.items() if k not in ("time", "event", "metrics")}
+        text = ", ".join(f"{k}={v}" for k, v in what.items())
+        rows.append({"time": e["time"], "event": e["event"], "what": text})
+    return pd.DataFrame(rows, columns=["time", "event", "what"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def figures(result: ExperimentResult) -> dict[str, go.Figure]:
+    """The roll-out timeline (weight, latency, errors, decisions), each look's verdicts, last intervals."""
+    if "plan" not in result.details:
+        return {}
+    out = {"timeline": _timeline_figure(result)}
+    looks: list[Look] = result.details["looks"]
+    if looks:
+        out["looks"] = _looks_figure(result)
+        frame = looks[-1].decision.comparison.to_frame()
+        latency = frame[frame["unit"] == "ms"]
+        if len(latency):
+            reading = "; ".join(f"{m} {r['verdict']}" for m, r in latency.iterrows())
+            title = f"Latency difference canary − stable at the last look ({looks[-1].weight:g} %)"
+            out["intervals"] = interval_chart(latency, title, reading)
+    return out
+
+
+def _seconds(times: Any, t0: pd.Timestamp) -> np.ndarray:
+    return np.asarray((pd.to_datetime(pd.Series(times), utc=True) - t0).dt.total_seconds(), dtype=float)
+
+
+def _timeline_figure(result: ExperimentResult) -> go.Figure:
+    plan: Plan = result.details["plan"]
+    events: list[dict[str, Any]] = result.details["events"]
+    steps: dict[int, LoadResult] = result.details["steps"]
+    t0 = pd.Timestamp(events[0]["time"]) if events else pd.Timestamp(datetime.now(UTC))
+    fig = make_subplots(
+        rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.25, 0.45, 0.30],
+    )  # fmt: skip
+    # Row 1: canary weight as a step line, from every split change.
+    splits = [e for e in events if e["event"] in ("initial split", "split")]
+    if splits:
+        xs = list(_seconds([e["time"] for e in splits], t0))
+        ys = [float(e["split"].get(plan.canary, 0)) for e in splits]
+        xs.append(float(_seconds([events[-1]["time"]], t0)[0]))
+        ys.append(ys[-1])
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv", "color": COLOURS["canary"]},
+                                 name=f"{plan.canary} weight"), row=1, col=1)  # fmt: skip
+    # Rows 2 and 3: per-arm p50/p99 and error rate per window.
+    frames = [steps[i].samples for i in sorted(steps)]
+    stable, canary = _arms(frames, plan)
+    starts = [x["timestamp"].min() for x in (stable, canary) if len(x)]
+    if starts:
+        origin = pd.Timestamp(min(starts))
+        arms = ((plan.stable, stable, COLOURS["stable"]), (plan.canary, canary, COLOURS["canary"]))
+        for name, arm, colour in arms:
+            w = window_table(arm, plan.window_s, origin) if len(arm) else None
+            if w is None or not len(w):
+                continue
+            x = (origin - t0).total_seconds() + (w.index.to_numpy(float) + 0.5) * plan.window_s
+            p50 = go.Scatter(x=x, y=w["p50"], mode="markers+lines", name=f"{name} p50",
+                             line={"color": colour})  # fmt: skip
+            p99 = go.Scatter(x=x, y=w["p99"], mode="markers", name=f"{name} p99",
+                             marker={"color": colour, "symbol": "triangle-up-open"})  # fmt: skip
+            err = go.Scatter(x=x, y=100 * w["errors"] / w["count"], mode="markers+lines",
+                             name=f"{name} errors", line={"color": colour, "dash": "dot"})  # fmt: skip
+            fig.add_trace(p50, row=2, col=1)
+            fig.add_trace(p99, row=2, col=1)
+            fig.add_trace(err, row=3, col=1)
+    # Decision markers on the weight row, with a line through all rows.
+    decisions = [e for e in events if e["event"] == "decision"]
+    for e in decisions:
+        x = float(_seconds([e["time"]], t0)[0])
+        colour, symbol = ACTION_STYLE.get(e["action"], (COLOURS["grey"], "circle"))
+        fig.add_vline(x=x, line={"color": colour, "dash": "dash", "width": 1}, row="all", col=1)
+        weight = float(plan.steps[e["step"] - 1]["weight"])
+        marker = go.Scatter(x=[x], y=[weight], mode="markers+text", text=[e["action"]], showlegend=False,
+                            textposition="top center", marker={"color": colour, "symbol": symbol, "size": 11},
+                            name=f"look {e['look']}: {e['action']}")  # fmt: skip
+        fig.add_trace(marker, row=1, col=1)
+    fig.update_yaxes(title_text="canary weight (%)", range=[-5, 115], row=1, col=1)
+    fig.update_yaxes(title_text="latency per window (ms)", row=2, col=1)
+    fig.update_yaxes(title_text="errors per window (%)", row=3, col=1)
+    said = [f"look {e['look']} at {plan.steps[e['step'] - 1]['weight']} % {e['action']}" for e in decisions]
+    reading = f"{result.verdict}: " + (", ".join(said) or "no look was reached")
+    styled(fig, f"Canary roll-out of {plan.service} {plan.canary} (stable {plan.stable})", reading,
+           "", "canary weight (%)", height=640)  # fmt: skip
+    fig.update_xaxes(title_text="time since start (s)", row=3, col=1)
+    return fig
+
+
+def _looks_figure(result: ExperimentResult) -> go.Figure:
+    looks: list[Look] = result.details["looks"]
+    metrics = [r.metric for r in looks[0].decision.comparison]
+    columns = [f"look {lk.decision.look} ({lk.weight:g} %)" for lk in looks]
+    z, text = [], []
+    for m in metrics:
+        z.append([VERDICT_CODE[lk.decision.comparison[m].verdict] for lk in looks])
+        text.append([_cell(lk.decision.comparison[m]) for lk in looks])
+    scale = [[0.0, COLOURS["ok"]], [0.25, COLOURS["ok"]], [0.25, "#98df8a"], [0.5, "#98df8a"],
+             [0.5, "#c7c7c7"], [0.75, "#c7c7c7"], [0.75, COLOURS["bad"]], [1.0, COLOURS["bad"]]]  # fmt: skip
+    heat = go.Heatmap(z=z, x=columns, y=metrics, text=text, texttemplate="%{text}", zmin=-0.5, zmax=3.5,
+                      colorscale=scale, showscale=False, hoverinfo="text")  # fmt: skip
+    fig = go.Figure(heat)
+    actions = ", ".join(f"look {lk.decision.look}: {lk.decision.action}" for lk in looks)
+    return styled(fig, "Each look's verdict per metric (canary − stable, with interval)", actions,
+                  "look (canary weight, %)", "metric (latency in ms, error rate in points)",
+                  height=200 + 60 * len(metrics))  # fmt: skip
+
+
+def _cell(r: Any) -> str:
+    unit = " pts" if r.unit == "pts" else " ms"
+    if not np.isfinite(r.estimate):
+        return f"{r.verdict}<br>(no data)"
+    return f"{r.verdict}<br>{r.estimate:+.2f}{unit} [{r.ci[0]:+.2f}, {r.ci[1]:+.2f}]"

@@ -1,0 +1,225 @@
+"""Load test: latency against requests per second and against concurrent connections.
+
+``run`` sweeps rps x connections (x sidecar ``modes``, x ``repetitions``, interleaved) with
+``load.sweep.run_sweep``; every point is stored under ``<store>/points`` as soon as it is measured.
+``analyse`` reads only those points: the table, and the knee against the spec's ``slo_p99_ms`` —
+the highest rate whose p99 is within the SLO with >= 99 % of the requested rate achieved.
+
+Verdict ``pass`` says up to which rate the SLO holds; ``fail`` (severity worse) only when even the
+lowest rate misses it at every connection count of some mode. Too few connections for a rate is
+not a failure of the mesh (an open-model generator with c connections and latency L cannot exceed
+c / L rps), so each rate counts as met when some connection count meets it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from workbench.experiments.session import ExperimentResult, Session
+from workbench.load.results import LoadResult
+from workbench.load.sweep import Point, SweepSpec, knee, run_sweep, table
+from workbench.plots import COLOURS, PALETTE, styled
+
+POINTS = "points"
+MIN_ACHIEVED_PCT = 99.0
+PERCENTILES = ("p50", "p90", "p99")
+DASHES = {"p50": "solid", "p90": "dash", "p99": "dot"}
+
+
+def modes(s: Session) -> tuple[str, ...]:
+    """The sidecar modes to sweep: the spec's ``modes``, else the backend's own mode."""
+    return tuple(s.spec.modes or [getattr(s.config.backend, "mode", "both")])
+
+
+def sweep_spec(s: Session) -> SweepSpec:
+    """The experiment as a sweep: its grid, modes, repetitions, durations and the suite's seed."""
+    spec = s.spec
+    return SweepSpec(
+        service=spec.service,
+        rps=tuple(spec.rps),
+        connections=tuple(spec.connections),
+        modes=modes(s),
+        repetitions=spec.repetitions,
+        duration_s=spec.duration,
+        warmup_s=spec.warmup or 0.0,
+        model=spec.model,
+        path=spec.path,
+        seed=s.seed,
+    )
+
+
+def run(s: Session) -> None:
+    """Measure every point not yet stored; the meshes it starts stop again after their points."""
+    sweep = sweep_spec(s)
+    store = s.store / POINTS
+    total = len(sweep.points())
+    done = len(list(store.glob("*.json"))) if store.exists() else 0
+    s.progress(f"sweep of {total} points ({done} already stored), {sweep.duration_s:g} s each")
+    counter = {"n": done}
+
+    def on_point(point: Point, result: LoadResult) -> None:
+        counter["n"] += 1
+        summary = result.summary()
+        s.progress(
+            f"point {counter['n']}/{total}: {point.mode} {point.rps:g} rps x {point.connections} conns "
+            f"(rep {point.repetition}): achieved {summary['actual_rps']:.0f} rps, p99 {summary['p99']:.1f} ms"
+        )
+
+    run_sweep(sweep, s.mesh, store, progress=False, on_point=on_point)
+
+
+def points(s: Session) -> pd.DataFrame:
+    """The stored points' table; FileNotFoundError naming the directory when there are none."""
+    store = s.store / POINTS
+    frame = table(store) if store.exists() else pd.DataFrame()
+    if frame.empty:
+        raise FileNotFoundError(f"{store}: no stored sweep points for experiment {s.spec.name!r}")
+    return frame
+
+
+def _medians(frame: pd.DataFrame) -> pd.DataFrame:
+    cols = ["achieved_rps", "achieved_pct", "dropped_pct", *PERCENTILES, "error_pct"]
+    return frame.groupby(["mode", "connections", "rps"], as_index=False)[cols].median()
+
+
+def _meets(row: pd.Series, slo: float) -> bool:
+    return bool(row["p99"] <= slo and row["achieved_pct"] >= MIN_ACHIEVED_PCT)
+
+
+def _lowest_load(med: pd.DataFrame, slo: float) -> pd.Series:
+    """The lowest rate at the fewest connections that carry it (else at the most connections)."""
+    low = med[np.isclose(med["rps"], med["rps"].min())].sort_values("connections")
+    carried = low[low["achieved_pct"] >= MIN_ACHIEVED_PCT]
+    return carried.iloc[0] if len(carried) else low.iloc[-1]
+
+
+def _mode_summary(mode: str, med: pd.DataFrame, knees: pd.DataFrame, slo: float) -> dict[str, Any]:
+    k = knees[knees["mode"] == mode].dropna(subset=["knee_rps"])
+    best = k.sort_values(["knee_rps", "connections"], ascending=[False, True]).iloc[0] if len(k) else None
+    own = med[med["mode"] == mode]
+    lowest = _lowest_load(own, slo)
+    return {
+        "mode": mode,
+        "knee_rps": float(best["knee_rps"]) if best is not None else math.nan,
+        "knee_connections": int(best["connections"]) if best is not None else None,
+        "lowest_rps": float(lowest["rps"]),
+        "lowest_connections": int(lowest["connections"]),
+        "p99_ms_lowest_load": float(lowest["p99"]),
+        "achieved_pct_lowest_load": float(lowest["achieved_pct"]),
+        "max_achieved_rps": float(own["achieved_rps"].max()),
+    }
+
+
+def analyse(s: Session) -> ExperimentResult:
+    """Table, knee and verdict from the stored points alone (``workbench report`` re-runs this)."""
+    spec = s.spec
+    slo = float(spec.slo_p99_ms)
+    frame = points(s)
+    med = _medians(frame)
+    knees = knee(frame, slo, MIN_ACHIEVED_PCT)
+    summaries = [_mode_summary(m, med, knees, slo) for m in med["mode"].drop_duplicates()]
+    failing = [m for m in summaries if math.isnan(m["knee_rps"])]
+    rule = f"p99 <= {slo:g} ms with >= {MIN_ACHIEVED_PCT:g} % of the requested rate"
+    if failing:
+        verdict, severity = "fail", "worse"
+        parts = [f"{m['mode']}: p99 {m['p99_ms_lowest_load']:.1f} ms, {m['achieved_pct_lowest_load']:.0f} "
+                 f"% achieved at {m['lowest_rps']:g} rps x {m['lowest_connections']} conns"
+                 for m in failing]  # fmt: skip
+        headline = f"even the lowest load misses the SLO ({rule}): " + "; ".join(parts)
+    else:
+        verdict, severity = "pass", "ok"
+        parts = [f"{m['knee_rps']:g} rps ({m['mode']}, {m['knee_connections']} conns)" for m in summaries]
+        top, met = float(med["rps"].max()), min(m["knee_rps"] for m in summaries)
+        headline = f"SLO met up to {met:g} rps ({rule}): " + "; ".join(parts)
+        if all(m["knee_rps"] >= top for m in summaries):
+            headline += "; the highest rate tried, so the knee lies beyond this sweep"
+    figures: dict[str, Any] = {
+        "slo_p99_ms": slo,
+        "knee_rps": min(m["knee_rps"] for m in summaries),
+        "p99_ms_lowest_load": max(m["p99_ms_lowest_load"] for m in summaries),
+        "max_achieved_rps": max(m["max_achieved_rps"] for m in summaries),
+        "points": len(frame),
+    }
+    if len(summaries) > 1:
+        for m in summaries:
+            figures[f"knee_rps_{m['mode']}"] = m["knee_rps"]
+            figures[f"p99_ms_lowest_load_{m['mode']}"] = m["p99_ms_lowest_load"]
+    tables = {
+        "summary": pd.DataFrame(summaries).set_index("mode"),
+        "knee": knees.set_index(["mode", "connections"]),
+        "points": frame,
+    }
+    return ExperimentResult(spec.name, "loadtest", verdict, severity, headline, figures, tables,  # type: ignore[arg-type]
+                            {"medians": med, "slo_p99_ms": slo})  # fmt: skip
+
+
+def _label(mode: str, many_modes: bool, text: str) -> str:
+    return f"{mode} {text}" if many_modes else text
+
+
+def _lines(
+    med: pd.DataFrame, x: str, group: str, group_text: str, slo: float | None = None
+) -> tuple[go.Figure, str]:
+    """p50/p90/p99 against ``x``, one colour per ``group`` value, dash per percentile."""
+    fig = go.Figure()
+    many = med["mode"].nunique() > 1
+    symbols = ["circle", "square", "diamond", "triangle-up"]
+    values = sorted(med[group].unique())
+    for mi, mode in enumerate(med["mode"].drop_duplicates()):
+        for gi, value in enumerate(values):
+            g = med[(med["mode"] == mode) & (med[group] == value)].sort_values(x)
+            for p in PERCENTILES:
+                fig.add_trace(go.Scatter(
+                    x=g[x], y=g[p], mode="lines+markers", name=_label(mode, many, f"{group_text(value)} {p}"),
+                    line={"color": PALETTE[gi % len(PALETTE)], "dash": DASHES[p]},
+                    marker={"symbol": symbols[mi % len(symbols)]},
+                ))  # fmt: skip
+    if slo is not None:
+        fig.add_hline(y=slo, line={"color": COLOURS["bad"], "dash": "dash", "width": 1},
+                      annotation_text=f"SLO p99 {slo:g} ms")  # fmt: skip
+    fig.update_yaxes(type="log")
+    worst = med.loc[med["p99"].idxmax()]
+    return fig, f"worst p99 {worst['p99']:.1f} ms at {worst['rps']:g} rps x {worst['connections']} conns"
+
+
+def figures(result: ExperimentResult) -> dict[str, go.Figure]:
+    """Percentiles vs connections and vs rps, and achieved vs requested rate."""
+    med: pd.DataFrame = result.details["medians"]
+    slo = result.details["slo_p99_ms"]
+    out: dict[str, go.Figure] = {}
+    fig, reading = _lines(med, "connections", "rps", lambda v: f"{v:g} rps", slo)
+    fig.update_xaxes(type="log")
+    out["by_connections"] = styled(
+        fig, "Latency percentiles against concurrent connections (one colour per requested rate)",
+        f"{reading}; solid p50, dashed p90, dotted p99", "concurrent connections (log scale)",
+        "latency (ms, log scale)",
+    )  # fmt: skip
+    fig, reading = _lines(med, "rps", "connections", lambda v: f"{v} conns", slo)
+    knee_rps = result.figures["knee_rps"]
+    knee_text = f"knee at {knee_rps:g} rps" if math.isfinite(knee_rps) else "no rate met the SLO"
+    out["by_rps"] = styled(
+        fig, "Latency percentiles against requested rate (one colour per connection count)",
+        f"{reading}; {knee_text}", "requested rate (requests/s)", "latency (ms, log scale)",
+    )  # fmt: skip
+    fig = go.Figure()
+    many = med["mode"].nunique() > 1
+    for gi, conns in enumerate(sorted(med["connections"].unique())):
+        for mode in med["mode"].drop_duplicates():
+            g = med[(med["mode"] == mode) & (med["connections"] == conns)].sort_values("rps")
+            fig.add_trace(go.Scatter(x=g["rps"], y=g["achieved_rps"], mode="lines+markers",
+                                     name=_label(mode, many, f"{conns} conns"),
+                                     line={"color": PALETTE[gi % len(PALETTE)]}))  # fmt: skip
+    top = float(med["rps"].max())
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="achieved = requested",
+                             line={"color": COLOURS["grey"], "dash": "dot"}))  # fmt: skip
+    short = med[med["achieved_pct"] < MIN_ACHIEVED_PCT]
+    reading = (f"{len(short)} of {len(med)} points fell below {MIN_ACHIEVED_PCT:g} % of the requested rate"
+               if len(short) else "every point achieved its requested rate")  # fmt: skip
+    out["achieved"] = styled(fig, "Achieved against requested rate", reading, "requested rate (requests/s)",
+                             "achieved rate (requests/s)")  # fmt: skip
+    return out

@@ -1,0 +1,399 @@
+"""One experiment's session: its spec, its data directory, its backend and its result file.
+
+A notebook (run by ``workbench run`` or by hand in JupyterLab) opens a session with its
+parameters, runs the experiment kind's module through it and shows the result::
+
+    s = open_session("../experiments.yaml", "catalog-v2-ab")
+    result = s.execute(ab)          # runs load, or re-analyses stored data when replaying
+
+The backend is, in this order: the mesh state passed by the runner (``mesh_state``), a mesh
+started by ``workbench local up`` with the right sidecar mode, or a mesh the session starts itself
+and stops in ``close()`` (also at interpreter exit). Data lands under
+``<config dir>/data/runs/<run-id>/<experiment>/`` as soon as it is measured, so a failure keeps it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import traceback
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import pandas as pd
+
+from workbench import config as cfgmod
+from workbench.backends.base import Backend, BackendError
+from workbench.stats.compare import Margin
+
+Severity = Literal["ok", "inconclusive", "worse", "error"]
+RESULT_FILE = "result.json"
+PROGRESS_ENV = "WORKBENCH_PROGRESS_FILE"  # the runner tails this file to show progress
+QUICK_MIN_DURATION_S = 3.0
+QUICK_MIN_BY_KIND = {"ab": 10.0}  # a known +2 ms must still be seen: enough windows of enough requests
+VERDICT_SEVERITY: dict[str, Severity] = {"worse": "worse", "inconclusive": "inconclusive", "better": "ok",
+                                         "equivalent": "ok"}  # fmt: skip
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique-enough run id: UTC time to the second plus the process id."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%d-%H%M%S}-{os.getpid() % 10000:04d}"
+
+
+@dataclass
+class ExperimentResult:
+    """What an experiment concluded: the verdict, how serious it is, and its key figures.
+
+    ``verdict`` is the kind's own word (worse, equivalent, promoted, rolled back, pass, fail,
+    measured ...); ``severity`` maps it onto the scale a CI gate uses: ok < inconclusive < worse,
+    plus error when the experiment could not run. ``figures`` are the key numbers the index shows.
+    """
+
+    name: str
+    kind: str
+    verdict: str
+    severity: Severity
+    headline: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    details: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Per-check verdicts (a metric, a canary look, an expectation) for CI gates: name, verdict,
+    # severity, explanation, optionally estimate and ci. See ``metric_checks``.
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def verdict_table(self) -> pd.DataFrame:
+        """One-row table for the top of a report."""
+        row = {"experiment": self.name, "kind": self.kind, "verdict": self.verdict, "reading": self.headline}
+        return pd.DataFrame([row]).set_index("experiment")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "severity": self.severity,
+            "headline": self.headline,
+            "figures": {k: _jsonable(v) for k, v in self.figures.items()},
+            "checks": _jsonable(self.checks),
+        }
+
+
+def metric_checks(comparison: Any, prefix: str = "") -> list[dict[str, Any]]:
+    """One check per metric of a ``stats.compare`` Comparison, with its explain() sentence."""
+    return [
+        {
+            "name": f"{prefix}{r.metric}",
+            "verdict": r.verdict,
+            "severity": VERDICT_SEVERITY.get(r.verdict, "inconclusive"),
+            "explanation": r.explain(),
+            "estimate": r.estimate,
+            "ci": list(r.ci),
+        }
+        for r in comparison
+    ]
+
+
+@dataclass
+class Session:
+    """See the module docstring. Build with ``open_session``."""
+
+    config: cfgmod.Config
+    spec: Any
+    config_file: Path
+    run_dir: Path
+    quick: bool = False
+    replay: bool = False
+    mesh_state: Path | None = None
+    _backend: Any = None
+    _own_mesh: Any = None
+    _started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def store(self) -> Path:
+        """This experiment's data directory (created on first use)."""
+        path = self.run_dir / self.spec.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def margin(self) -> Margin:
+        m = self.spec.margins
+        return Margin(latency_ms=m.latency_ms, latency_pct=m.latency_pct, error_rate_pct=m.error_rate_pct)
+
+    @property
+    def seed(self) -> int | None:
+        return self.config.defaults.seed
+
+    # ------------------------------------------------------------------------------------------
+    # Backend
+
+    def backend(self) -> Backend:
+        """The backend the experiment acts on (started or attached on first use)."""
+        if self._backend is None:
+            self._backend = self._open_backend(getattr(self.config.backend, "mode", None))
+        return self._backend
+
+    def mesh(self, mode: str) -> AbstractContextManager[Any]:
+        """A local mesh in sidecar ``mode``: the session's own when the mode matches, else a new one."""
+        backend = self.config.backend
+        if backend.type != "local":
+            raise BackendError(f"sidecar modes are a local-mesh setting; the backend is {backend.type!r}")
+        current = self._backend if self._backend is not None else None
+        if current is not None and getattr(current, "mode", None) == mode:
+            return nullcontext(current)
+        attached = self._attach_default(mode) if self.mesh_state is None else None
+        if attached is not None:
+            return nullcontext(attached)
+        from workbench.backends.local.mesh import LocalMesh
+
+        return LocalMesh(mode=mode, topology=backend.topology)  # type: ignore[arg-type]
+
+    def _open_backend(self, mode: str | None) -> Backend:
+        backend = self.config.backend
+        if backend.type == "kubernetes":
+            from workbench.backends.kubernetes.backend import KubernetesBackend
+
+            return KubernetesBackend.from_settings(backend)  # type: ignore[return-value]
+        if backend.type != "local":
+            raise BackendError(f"backend {backend.type!r} is not supported (use 'local' or 'kubernetes')")
+        from workbench.backends.local.mesh import LocalMesh
+
+        if self.mesh_state is not None:
+            mesh = LocalMesh.attach(self.mesh_state)
+            mesh.check()
+            return mesh
+        attached = self._attach_default(mode or backend.mode)
+        if attached is not None:
+            return attached
+        self.progress(f"starting a local mesh (mode {backend.mode})")
+        mesh = LocalMesh(mode=backend.mode, topology=backend.topology)
+        mesh.start()
+        self._own_mesh = mesh
+        atexit.register(self.close)
+        return mesh
+
+    def _attach_default(self, mode: str) -> Any:
+        """The mesh of ``workbench local up`` when one runs in ``mode``, else None."""
+        from workbench.backends.local.mesh import LocalMesh, default_state_dir
+
+        state = default_state_dir()
+        if not (state / "state.json").exists():
+            return None
+        try:
+            mesh = LocalMesh.attach(state)
+            mesh.check()
+        except Exception:
+            return None
+        return mesh if mesh.mode == mode else None
+
+    def close(self) -> None:
+        """Stop the mesh this session started (an attached mesh keeps running)."""
+        if self._own_mesh is not None:
+            self._own_mesh.stop()
+            self._own_mesh = None
+            self._backend = None
+            atexit.unregister(self.close)
+
+    # ------------------------------------------------------------------------------------------
+    # Running and results
+
+    def execute(self, kind_module: ModuleType) -> ExperimentResult:
+        """Run the experiment (or, when replaying, re-analyse its stored data) and save the result."""
+        try:
+            if self.replay:
+                result = kind_module.analyse(self)
+            else:
+                self.progress(f"{self.spec.kind} started: {self.spec.plan()}")
+                kind_module.run(self)
+                result = kind_module.analyse(self)
+        except BaseException as exc:
+            self._write_failure(exc)
+            raise
+        self.save_result(result)
+        return result
+
+    def save_result(self, result: ExperimentResult) -> Path:
+        finished = datetime.now(UTC)
+        payload = {
+            **result.to_json(),
+            "status": "ok",
+            "run_id": self.run_id,
+            "quick": self.quick,
+            "replay": self.replay,
+            "started": self._started.isoformat(),
+            "finished": finished.isoformat(),
+            "duration_s": round((finished - self._started).total_seconds(), 1),
+            "description": self.spec.description,
+        }
+        if self.replay:  # keep when and how long the measurement ran; note when it was re-analysed
+            original = read_result(self.store) or {}
+            for key in ("started", "finished", "duration_s"):
+                payload[key] = original.get(key, payload[key])
+            payload["replayed"] = finished.isoformat()
+        return _write_json(self.store / RESULT_FILE, payload)
+
+    def _write_failure(self, exc: BaseException) -> None:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else _reason(exc)
+        payload = {
+            "name": self.spec.name,
+            "kind": self.spec.kind,
+            "verdict": "failed",
+            "severity": "error",
+            "headline": reason,
+            "figures": {},
+            "status": "failed",
+            "error": reason,
+            "traceback": "".join(traceback.format_exception(exc))[-4000:],
+            "run_id": self.run_id,
+            "quick": self.quick,
+            "started": self._started.isoformat(),
+            "finished": datetime.now(UTC).isoformat(),
+            "description": self.spec.description,
+        }
+        _write_json(self.store / RESULT_FILE, payload)
+
+    def progress(self, text: str) -> None:
+        """Tell the runner (or the analyst) where the experiment is: sweep point, canary step."""
+        path = os.environ.get(PROGRESS_ENV)
+        if path:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(f"{self.spec.name}: {text}\n")
+        else:
+            print(text, flush=True)
+
+    def load_json(self, name: str) -> Any:
+        path = self.store / name
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path}: no stored data for experiment {self.spec.name!r} in run {self.run_id} "
+                "(was it run to completion?)"
+            )
+        return json.loads(path.read_text())
+
+    def save_json(self, name: str, payload: Any) -> Path:
+        return _write_json(self.store / name, payload)
+
+
+def open_session(
+    config_file: str | Path,
+    experiment: str,
+    run_dir: str | Path = "",
+    quick: bool = False,
+    replay: bool = False,
+    mesh_state: str | Path = "",
+) -> Session:
+    """A session for ``experiment`` of ``config_file``; see the module docstring."""
+    config_file = Path(config_file).resolve()
+    cfg = cfgmod.load(config_file)
+    spec = cfg.get(experiment)
+    if quick:
+        spec = quick_spec(spec)
+    if not run_dir:
+        if replay:
+            raise ValueError("replay needs run_dir: the run whose stored data to re-analyse")
+        run_dir = config_file.parent / "data" / "runs" / new_run_id()
+    return Session(
+        config=cfg,
+        spec=spec,
+        config_file=config_file,
+        run_dir=Path(run_dir).resolve(),
+        quick=quick,
+        replay=replay,
+        mesh_state=Path(mesh_state) if mesh_state else None,
+    )
+
+
+def quick_spec(spec: Any) -> Any:
+    """The same experiment, shortened for a smoke run (``--quick``).
+
+    A fifth of each duration (at least 3 s; an A/B 10 s), warm-up at most 1 s, windows short
+    enough for >= 4 per phase, sweeps cut to their first and last values, the minimum number of
+    trials; a mesh comparison keeps its baseline and its last mode at its first connection count.
+    """
+    spec = spec.model_copy(deep=True)
+    if getattr(spec, "duration", None):
+        spec.duration = _quick_s(spec.duration, QUICK_MIN_BY_KIND.get(spec.kind, QUICK_MIN_DURATION_S))
+    if getattr(spec, "warmup", None):
+        spec.warmup = min(spec.warmup, 1.0)
+    for step in getattr(spec, "steps", None) or []:
+        step.duration = _quick_s(step.duration)
+    for name in ("rps", "connections"):
+        values = getattr(spec, name, None)
+        if isinstance(values, list) and len(values) > 2:
+            setattr(spec, name, [values[0], values[-1]])
+    if getattr(spec, "kind", "") == "mesh_compare":
+        spec.trials = 2
+        spec.connections = spec.connections[:1]
+        if spec.modes and len(spec.modes) > 2:  # the baseline and the heaviest mode
+            base = spec.baseline or spec.modes[0]
+            spec.modes = [base, next(m for m in reversed(spec.modes) if m != base)]
+    if getattr(spec, "repetitions", None):
+        spec.repetitions = 1
+    durations = [getattr(spec, "duration", None) or math.inf]
+    shortest = min([*durations, *[s.duration for s in getattr(spec, "steps", None) or []]])
+    if getattr(spec, "window", None) and math.isfinite(shortest):
+        spec.window = max(1.0, min(spec.window, shortest / 4))
+    return spec
+
+
+def _quick_s(seconds: float | None, minimum: float = QUICK_MIN_DURATION_S) -> float | None:
+    return None if seconds is None else max(minimum, round(seconds / 5))
+
+
+def read_result(store: Path) -> dict[str, Any] | None:
+    """The result file of one experiment directory, or None when it has none."""
+    path = store / RESULT_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@contextmanager
+def progress_file(path: Path) -> Iterator[Path]:
+    """Point sessions in child processes (papermill kernels) at ``path`` for progress lines."""
+    old = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = old
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, BackendError | ValueError) else text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, payload: Any) -> Path:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable(payload), indent=1, default=str))
+    tmp.replace(path)
+    return path

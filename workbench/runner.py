@@ -1,0 +1,360 @@
+"""``workbench run`` and ``workbench report``: the suite through papermill into HTML reports.
+
+For each experiment, papermill executes ``notebooks/<kind>.ipynb`` with the experiment's
+parameters into ``data/runs/<run-id>/<name>.ipynb`` (the notebook's session stores the data and a
+``result.json`` next to it), nbconvert renders ``reports/<run-id>/<name>.html``, and the index page
+lists every experiment with its verdict. One local mesh serves the whole run (started here, or the
+one ``workbench local up`` runs); experiments that need other sidecar modes start their own.
+
+A failing experiment is marked failed with its reason and the others still run. Ctrl-C or SIGTERM
+interrupts the running experiment's kernel (its ``finally`` puts traffic back on the stable
+version), the runner checks the traffic state itself, renders what was collected and stops.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from workbench import config as cfgmod
+from workbench import report
+from workbench.experiments import NOTEBOOKS
+from workbench.experiments.session import new_run_id, progress_file, quick_spec, read_result
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+RUN_FILE = "run.json"
+SHARED_BACKEND_KINDS = {"loadtest", "ab", "canary", "authz", "resilience"}
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced: its id, where its index is, one result dict per experiment."""
+
+    run_id: str
+    data_dir: Path
+    index: Path
+    results: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[str]:
+        return [r["name"] for r in self.results if r.get("status") != "ok"]
+
+
+def run_suite(
+    config_file: str | Path,
+    only: Sequence[str] = (),
+    quick: bool = False,
+    reports: str | Path = "reports",
+    mesh_state: str | Path | None = None,
+    echo: Echo = print,
+) -> RunOutcome:
+    """Run the experiments of ``config_file`` (or the ``only`` ones) and render their reports.
+
+    Raises ConfigError for an invalid file and ValueError for unknown ``only`` names, before
+    anything starts.
+    """
+    config_file = Path(config_file).resolve()
+    cfg = cfgmod.load(config_file)
+    selected = _select(cfg, only)
+    run_id = new_run_id()
+    data_dir = config_file.parent / "data" / "runs" / run_id
+    data_dir.mkdir(parents=True)
+    reports = Path(reports).resolve()
+    run = {
+        "run_id": run_id,
+        "config": str(config_file),
+        "config_text": config_file.read_text(encoding="utf-8"),
+        "quick": quick,
+        "backend": _describe_backend(cfg),
+        "started": report.now_iso(),
+        "experiments": [e.name for e in selected],
+    }
+    report_json(data_dir / RUN_FILE, run)
+    outcome = RunOutcome(run_id, data_dir, reports / run_id / "index.html")
+    guard = _Interrupts()
+    total = len(selected)
+    echo(f"run {run_id}: {total} experiment(s) of {config_file.name}{' (quick)' if quick else ''}")
+    try:
+        with guard.installed(), _shared_mesh(cfg, selected, mesh_state, echo) as state:
+            for i, spec in enumerate(selected, 1):
+                if guard.requested:
+                    outcome.results.append(_not_run(spec, "not run: the run was interrupted"))
+                    continue
+                echo(f"[{i}/{total}] {spec.name} ({spec.kind}) ...")
+                started = time.monotonic()
+                result = _run_one(cfg, spec, config_file, data_dir, reports / run_id, quick, state, echo)
+                result.setdefault("duration_s", round(time.monotonic() - started, 1))
+                outcome.results.append(result)
+                echo(f"[{i}/{total}] {spec.name}: {result['verdict']} ({result['duration_s']:.0f} s)"
+                     f"{' - ' + result['headline'] if result.get('status') != 'ok' else ''}")  # fmt: skip
+    finally:
+        outcome.interrupted = guard.requested
+        run["finished"] = report.now_iso()
+        run["interrupted"] = guard.requested
+        report_json(data_dir / RUN_FILE, run)
+        report.write_index(reports, run_id, run, outcome.results)
+    return outcome
+
+
+def rerender(run_id: str, reports: str | Path = "reports", data_root: str | Path = "data/runs",
+             echo: Echo = print) -> RunOutcome:  # fmt: skip
+    """Re-analyse a stored run and re-render its reports without generating load."""
+    import json
+
+    reports = Path(reports).resolve()
+    data_root = Path(data_root).resolve()
+    if run_id == "latest":
+        runs = sorted(p.name for p in data_root.glob("*") if (p / RUN_FILE).exists())
+        if not runs:
+            raise FileNotFoundError(f"no runs in {data_root}")
+        run_id = runs[-1]
+    data_dir = data_root / run_id
+    try:
+        run = json.loads((data_dir / RUN_FILE).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no run {run_id!r} in {data_root} (no {RUN_FILE})") from None
+    config_file = Path(run["config"])
+    if not config_file.exists():  # the file moved: use the copy stored with the run
+        config_file = data_dir / "experiments.yaml"
+        config_file.write_text(run["config_text"], encoding="utf-8")
+    cfg = cfgmod.load(config_file)
+    outcome = RunOutcome(run_id, data_dir, reports / run_id / "index.html")
+    for name in run["experiments"]:
+        spec = cfg.get(name)
+        stored = read_result(data_dir / name)
+        if stored is not None and stored.get("status") == "ok":
+            echo(f"{name}: re-analysing stored data")
+            result = _run_one(cfg, spec, config_file, data_dir, reports / run_id, run["quick"], None, echo,
+                              replay=True)  # fmt: skip
+        else:
+            result = stored or _not_run(spec, "no stored result")
+            nb = data_dir / f"{name}.ipynb"
+            if nb.exists():
+                report.render_html(nb, reports / run_id / f"{name}.html", name)
+                result["report"] = f"{name}.html"
+        outcome.results.append(result)
+    report.write_index(reports, run_id, run, outcome.results)
+    return outcome
+
+
+def _select(cfg: cfgmod.Config, only: Sequence[str]) -> list[Any]:
+    names = [e.name for e in cfg.experiments]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ValueError(f"--only: no experiment named {', '.join(unknown)}; there are: {', '.join(names)}")
+    return [e for e in cfg.experiments if not only or e.name in only]
+
+
+def _run_one(
+    cfg: cfgmod.Config, spec: Any, config_file: Path, data_dir: Path, out_dir: Path, quick: bool,
+    mesh_state: Path | None, echo: Echo, replay: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    import papermill as pm
+
+    notebook = NOTEBOOKS.get(spec.kind)
+    if notebook is None:
+        return _not_run(spec, f"kind {spec.kind!r} has no notebook in this version of the workbench")
+    executed = data_dir / f"{spec.name}.ipynb"
+    params = {
+        "config_file": str(config_file),
+        "experiment": spec.name,
+        "run_dir": str(data_dir),
+        "quick": quick,
+        "replay": replay,
+        "mesh_state": str(mesh_state or ""),
+    }
+    reason = ""
+    with progress_file(data_dir / "progress.log") as progress, _tail(progress, echo):
+        try:
+            pm.execute_notebook(
+                str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(executed), parameters=params,
+                cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3",
+                kernel_manager_class=_ipc_kernel_manager(),
+            )  # fmt: skip
+        except pm.PapermillExecutionError as exc:
+            reason = f"{exc.ename}: {exc.evalue}"
+        except Exception as exc:  # the kernel died, could not start, ...
+            reason = f"{type(exc).__name__}: {exc}"
+    result = read_result(data_dir / spec.name)
+    if result is None or (reason and result.get("status") == "ok"):
+        result = _not_run(spec, reason or "the notebook ended without a result")
+    if result.get("status") != "ok" and mesh_state is not None:
+        result["restored"] = restore_safe(spec, mesh_state)
+    if executed.exists():
+        report.render_html(executed, out_dir / f"{spec.name}.html", spec.name)
+        result["report"] = f"{spec.name}.html"
+    return result
+
+
+def _ipc_kernel_manager() -> type:
+    """Kernels that talk over Unix sockets: no unencrypted loopback TCP ports, no port races."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
+def restore_safe(spec: Any, mesh_state: Path) -> list[str]:
+    """Put what a failed experiment may have changed back to the safe state; say what was done.
+
+    Safe: all traffic on the stable (first) version, no route, no fault, no protections, no policy
+    left by the experiment. Each change goes through the backend, so it is recorded like any other.
+    """
+    from workbench.backends.local.mesh import LocalMesh
+
+    try:
+        mesh = LocalMesh.attach(mesh_state)
+        mesh.check()
+    except Exception as exc:
+        return [f"could not reach the mesh to check its traffic state: {exc}"]
+    done: list[str] = []
+    service = getattr(spec, "service", None)
+    if spec.kind in ("ab", "canary"):
+        stable = spec.variants.baseline if spec.kind == "ab" else spec.stable
+        if spec.kind == "ab" and spec.route is not None and mesh.traffic[service].route is not None:
+            mesh.set_route(service, None)
+            done.append(f"removed the {service} route")
+        if mesh.get_split(service).get(stable) != 100:
+            mesh.set_split(service, {stable: 100})
+            done.append(f"{service} split back to {stable} 100 %")
+    elif spec.kind == "resilience":
+        policy = mesh.traffic[spec.dependency]
+        if policy.fault is not None:
+            mesh.set_fault(spec.dependency, None)
+            done.append(f"removed the fault on {spec.dependency}")
+        if policy.retries or policy.timeout_s or policy.breaker:
+            mesh.set_resilience(spec.dependency)
+            done.append(f"removed retries/timeout/breaker on {spec.dependency}")
+    elif spec.kind == "authz" and spec.policy.service in mesh.policies:
+        mesh.set_policy(None, service=spec.policy.service)
+        done.append(f"removed the policy on {spec.policy.service}")
+    return done
+
+
+@contextmanager
+def _shared_mesh(
+    cfg: cfgmod.Config, selected: list[Any], given: str | Path | None, echo: Echo
+) -> Iterator[Path | None]:
+    """The state dir of the mesh the run's experiments share (None when none is needed)."""
+    if given:
+        yield Path(given)
+        return
+    if cfg.backend.type != "local" or not any(e.kind in SHARED_BACKEND_KINDS for e in selected):
+        yield None
+        return
+    from workbench.backends.local.mesh import LocalMesh, default_state_dir
+
+    existing = default_state_dir()
+    try:
+        attached = LocalMesh.attach(existing)
+        attached.check()
+        if attached.mode == cfg.backend.mode:
+            echo(f"using the local mesh of 'workbench local up' ({existing})")
+            yield existing
+            return
+    except Exception:
+        pass
+    echo(f"starting the local mesh (mode {cfg.backend.mode}) ...")
+    with LocalMesh(mode=cfg.backend.mode, topology=cfg.backend.topology) as mesh:
+        mesh.save_state()
+        yield mesh.run_dir
+
+
+class _Interrupts:
+    """First Ctrl-C/SIGTERM: interrupt the running kernel gracefully and stop after it; second: abort."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if any("ipykernel" in part for part in child.cmdline()):
+                    child.send_signal(signal.SIGINT)
+            except psutil.Error:
+                pass
+
+
+@contextmanager
+def _tail(path: Path, echo: Echo) -> Iterator[None]:
+    """Echo lines appended to ``path`` (experiment progress from the kernel) while the block runs."""
+    stop = threading.Event()
+    path.touch()
+
+    def follow() -> None:
+        with open(path, encoding="utf-8") as fh:
+            fh.seek(0, 2)
+            while True:
+                line = fh.readline()
+                if line:
+                    echo("    " + line.rstrip())
+                elif stop.is_set():
+                    return
+                else:
+                    time.sleep(0.3)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+
+
+def _not_run(spec: Any, reason: str) -> dict[str, Any]:
+    return {
+        "name": spec.name, "kind": spec.kind, "verdict": "failed", "severity": "error", "headline": reason,
+        "error": reason, "status": "failed", "figures": {}, "description": spec.description,
+    }  # fmt: skip
+
+
+def _describe_backend(cfg: cfgmod.Config) -> str:
+    b = cfg.backend
+    return (
+        f"local mesh (mode {b.mode})"
+        if b.type == "local"
+        else f"kubernetes ({b.context or 'current context'})"
+    )
+
+
+def report_json(path: Path, payload: dict[str, Any]) -> None:
+    import json
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(path)
+
+
+__all__ = ["RunOutcome", "quick_spec", "rerender", "restore_safe", "run_suite"]
