@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -54,3 +55,17 @@ def processes_using(directory: Path) -> list[psutil.Process]:
 
 # Kubernetes fixtures (contract API and kmock emulator), defined in tests/kube.py.
 from kube import kube_api, kube_emulator  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_audit_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test (and every process it starts) writes audit entries to a temporary log, never to
+    the user's ~/.local/share/mesh-workbench/audit.jsonl."""
+    path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    old = os.environ.get("WORKBENCH_AUDIT_LOG")
+    os.environ["WORKBENCH_AUDIT_LOG"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("WORKBENCH_AUDIT_LOG", None)
+    else:
+        os.environ["WORKBENCH_AUDIT_LOG"] = old

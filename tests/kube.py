@@ -7,8 +7,9 @@ Authorization header) and feed the 403/404/409/422 answers.
 ``kube_emulator``: kmock's ``KubernetesEmulator`` on its own thread and event loop (the kubernetes
 client is synchronous), with the core and mesh resources declared and a schema-valid demo app loaded
 (namespace ``shop``: reviews v1/v2/v3, catalog v1/v2, Services, pods with istio-proxy sidecars;
-istiod and a mesh-wide STRICT PeerAuthentication in istio-system). kmock is early v0: everything
-that knows about it stays in this file.
+istiod and a mesh-wide STRICT PeerAuthentication in istio-system); ``KubeEmulator.flavour(mesh)``
+turns it into a Linkerd, Consul or plain Gateway API cluster. kmock is early v0: everything that
+knows about it stays in this file.
 """
 
 from __future__ import annotations
@@ -324,6 +325,99 @@ def demo_objects() -> list[dict[str, Any]]:
     return objs
 
 
+def statefulset_obj(
+    name: str, namespace: str, image: str, labels: dict[str, str], container: str
+) -> dict[str, Any]:
+    """A ready StatefulSet (Consul's servers run as one)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(name, namespace, dict(labels), generation=1),
+        "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {"containers": [_container(container, image, 8500)]},
+            },
+        },
+        "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1},
+    }
+
+
+def version_service_obj(service: str, version: str, port: int, cluster_ip: str) -> dict[str, Any]:
+    """The per-version Service ``<service>-<version>`` an HTTPRoute backendRef names."""
+    obj = service_obj(f"{service}-{version}", port, cluster_ip=cluster_ip)
+    obj["metadata"]["labels"] = {"app": service, "version": version}
+    obj["spec"]["selector"] = {"app": service, "version": version}
+    return obj
+
+
+# mesh -> (sidecar container, its image) of the demo pods in that flavour
+FLAVOUR_SIDECARS: dict[str, tuple[str | None, str]] = {
+    "istio": ("istio-proxy", ISTIO_PROXY),
+    "linkerd": ("linkerd-proxy", "cr.l5d.io/linkerd/proxy:stable-2.14.10"),
+    "consul": ("consul-dataplane", "hashicorp/consul-dataplane:1.4.1"),
+    "gateway-api": (None, ""),
+}
+ISTIO_OBJECTS = [
+    ("apps/v1/deployments", "istio-system", "istiod"),
+    ("v1/pods", "istio-system", "istiod-6d4f9c7b8-q2x7p"),
+    ("security.istio.io/v1beta1/peerauthentications", "istio-system", "default"),
+]
+
+
+def flavour_objects(mesh: str) -> list[dict[str, Any]]:
+    """What the demo cluster has instead of Istio in another flavour: the control plane (Linkerd's
+    linkerd-destination in ``linkerd``, Consul's consul-server in ``consul``; none for plain Gateway
+    API), the demo pods with that mesh's sidecar, and for HTTPRoute meshes (linkerd, gateway-api) the
+    per-version Services ``<service>-<version>``. Istio's objects are ``ISTIO_OBJECTS``."""
+    sidecar, image = FLAVOUR_SIDECARS[mesh]
+    objs: list[dict[str, Any]] = [namespace_obj(NAMESPACE)]
+    for obj in demo_objects():
+        meta = obj["metadata"]
+        if obj["kind"] == "Pod" and meta.get("namespace") == NAMESPACE and meta["labels"].get("version"):
+            native = bool(obj["spec"].get("initContainers"))
+            objs.append(
+                pod_obj(meta["name"], meta["labels"], sidecar=sidecar, native=native, sidecar_image=image)
+            )
+    if mesh == "linkerd":
+        objs.append(namespace_obj("linkerd"))
+        objs.append(
+            deployment_obj(
+                "linkerd-destination",
+                "",
+                "linkerd",
+                image="cr.l5d.io/linkerd/controller:stable-2.14.10",
+                port=8086,
+                labels={
+                    "linkerd.io/control-plane-component": "destination",
+                    "linkerd.io/control-plane-ns": "linkerd",
+                },
+                container="destination",
+            )
+        )
+    if mesh == "consul":
+        objs.append(namespace_obj("consul"))
+        objs.append(
+            statefulset_obj(
+                "consul-server",
+                "consul",
+                "hashicorp/consul:1.18.1",
+                {"app": "consul", "component": "server"},
+                "consul",
+            )
+        )
+    if mesh in ("linkerd", "gateway-api"):
+        for i, (svc, version, port) in enumerate(
+            [("reviews", "v1", 9080), ("reviews", "v2", 9080), ("reviews", "v3", 9080),
+             ("catalog", "v1", 8080), ("catalog", "v2", 8080)]
+        ):  # fmt: skip
+            objs.append(version_service_obj(svc, version, port, f"10.96.1.{10 + i}"))
+    return objs
+
+
 # --------------------------------------------------------------------------------------------
 # Contract fixture
 
@@ -596,6 +690,23 @@ class KubeEmulator:
                 self._emulator.objects[path, ns, name] = copy.deepcopy(obj)
 
         self._call(store)
+
+    def remove(self, *keys: tuple[str, str | None, str]) -> None:
+        """Delete stored objects by (group/version/plural, namespace, name), as if they never were."""
+
+        def drop() -> None:
+            for key in keys:
+                del self._emulator.objects[key]
+
+        self._call(drop)
+
+    def flavour(self, mesh: str) -> None:
+        """Make the demo cluster a ``mesh`` one (istio, linkerd, consul, gateway-api): see
+        ``flavour_objects``; Istio's control plane goes away for the others."""
+        if mesh == "istio":
+            return
+        self.remove(*ISTIO_OBJECTS)
+        self.put(*flavour_objects(mesh))
 
     def get(self, path: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The stored object (``path`` like "networking.istio.io/v1/virtualservices"), or None."""

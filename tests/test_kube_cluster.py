@@ -806,10 +806,18 @@ def test_session_opens_the_kubernetes_backend(
         )
     )
     monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig))
+    monkeypatch.setenv("WORKBENCH_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    # creating the backend records the releases it sees (Deployment revisions) in the audit log
+    deps = [deployment_obj("reviews", "v1", revision=3)]
+    kube_api.expect(
+        "GET", "/apis/apps/v1/namespaces/shop/deployments", "", _list("Deployment", deps, "apps/v1")
+    )
     backend = open_session(suite, "sweep", tmp_path / "run").backend()
     assert isinstance(backend, KubernetesBackend) and isinstance(backend, Backend)
     assert (backend.cluster.context, backend.namespace, backend.mesh) == ("lab", "shop", "istio")
     assert backend.prometheus_url() == "http://127.0.0.1:9090"
+    (seen,) = backend.audit.entries(action="release_observed")
+    assert (seen["target"], seen["after"]["version"], seen["after"]["revision"]) == ("reviews", "v1", 3)
 
 
 # ---------------------------------------------------------------------------------------------

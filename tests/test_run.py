@@ -12,14 +12,17 @@ import os
 import re
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import psutil
 import pytest
 import yaml
 
 from conftest import REPO, SHARED, WORKBENCH
+from workbench import ci
 
 pytestmark = pytest.mark.slow
 
@@ -84,14 +87,18 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     config = _suite_copy(root)
     before = _mesh_processes()
     t0 = time.monotonic()
-    proc = _workbench("run", str(config), "--quick", "--reports", str(root / "reports"), cwd=root)
+    proc = _workbench(
+        "run", str(config), "--quick", "--seed", "7", "--reports", str(root / "reports"), cwd=root
+    )
     seconds = time.monotonic() - t0
     print(f"workbench run --quick: {seconds:.0f} s\n{proc.stdout}\n{proc.stderr}")
     return Run(root, proc, seconds, before)
 
 
-def test_quick_suite_runs_every_experiment(quick_run: Run) -> None:
-    assert quick_run.proc.returncode == 0, quick_run.proc.stdout + quick_run.proc.stderr
+def test_quick_suite_runs_every_experiment_and_gates_on_the_known_worse_ab(quick_run: Run) -> None:
+    # --fail-on worse (the default): catalog-v2-ab is worse by design, so the run exits 1
+    assert quick_run.proc.returncode == 1, quick_run.proc.stdout + quick_run.proc.stderr
+    assert "--fail-on worse: catalog-v2-ab reached it" in quick_run.proc.stderr
     assert f"report: {quick_run.reports / 'index.html'}" in quick_run.proc.stdout
     names = [
         e["name"] for e in yaml.safe_load((quick_run.root / "experiments.yaml").read_text())["experiments"]
@@ -173,3 +180,24 @@ def test_the_run_leaves_no_process_behind(quick_run: Run) -> None:
     assert _mesh_processes() <= quick_run.mesh_before
     kernels = [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
     assert not kernels
+
+
+def test_summary_and_junit_describe_the_run(quick_run: Run) -> None:
+    run_reports = quick_run.reports / quick_run.run_id
+    summary = json.loads((run_reports / "summary.json").read_text())
+    jsonschema.validate(summary, ci.schema())
+    assert summary["seed"] == 7 and summary["quick"] is True and summary["exit_status"] == 1
+    assert set(summary["versions"]) >= {"workbench", "envoy", "k6", "prometheus"}
+    by_name = {e["name"]: e for e in summary["experiments"]}
+    assert by_name["catalog-v2-ab"]["gate"] == "fail" and by_name["reviews-aa"]["gate"] == "pass"
+    assert by_name["catalog-v2-ab"]["report"] == "catalog-v2-ab.html"
+    suite = ET.parse(run_reports / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert set(by_name) <= set(cases)
+    for metric in ("p50", "p90", "p99", "error_rate"):
+        assert f"catalog-v2-ab: {metric}" in cases and f"reviews-aa: {metric}" in cases
+    failures = [n for n, c in cases.items() if c.find("failure") is not None]
+    assert "catalog-v2-ab" in failures and not any(n.startswith("reviews-aa") for n in failures)
+    worse = [n for n in failures if n.startswith("catalog-v2-ab: ")]
+    assert worse and all("beyond the" in (cases[n].find("failure").text or "") for n in worse)

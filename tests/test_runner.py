@@ -143,3 +143,83 @@ def test_ctrl_c_interrupts_the_running_experiment_and_traffic_returns_to_stable(
     finally:
         run_workbench("local", "down", "--state-dir", str(state))
     assert processes_using(state) == []
+
+
+def test_fail_on_must_be_a_known_threshold(tmp_path: Path) -> None:
+    cfg = _write(tmp_path, "experiments:\n  - {name: log, kind: audit}\n")
+    proc = _run(tmp_path, str(cfg), "--fail-on", "sometimes")
+    assert proc.returncode == 2
+    assert "--fail-on: must be one of worse, inconclusive, never (got 'sometimes')" in proc.stderr
+
+
+def test_a_missing_prometheus_binary_exits_3_with_the_fix(tmp_path: Path) -> None:
+    cfg = _write(
+        tmp_path,
+        "experiments:\n  - name: ratings-authz\n    kind: authz\n"
+        "    policy: {service: ratings, rules: [{sources: [reviews]}]}\n"
+        "    expect: [{caller: reviews, allowed: true}]\n",
+    )
+    bin_only = str(Path(WORKBENCH).parent)  # the venv's envoy and k6, but no prometheus
+    proc = _run(tmp_path, str(cfg), PATH=bin_only)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    summary = json.loads(next((tmp_path / "reports").glob("*/summary.json")).read_text())
+    (entry,) = summary["experiments"]
+    assert entry["status"] == "failed" and entry["gate"] == "fail"
+    assert "prometheus is not installed: apt-get install" in entry["error"]
+    assert summary["versions"]["prometheus"] == "missing"
+
+
+def test_dry_run_on_the_local_mesh_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
+    cfg = _write(
+        tmp_path,
+        "experiments:\n  - {name: aa, kind: ab, service: reviews, variants: {baseline: v1, candidate: v2},"
+        " split: {v1: 50, v2: 50}}\n",
+    )
+    proc = _run(tmp_path, str(cfg), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "aa (ab): v1 vs v2, split v1:50/v2:50" in proc.stdout
+    assert "nothing outside this machine changes" in proc.stdout
+    assert not (tmp_path / "data").exists() and not (tmp_path / "reports").exists()
+
+
+def test_dry_run_on_a_cluster_prints_manifests_and_writes_nothing(tmp_path: Path, kube_emulator) -> None:
+    cfg = _write(
+        tmp_path,
+        "backend: {type: kubernetes, namespace: shop, mesh: istio}\nexperiments:\n"
+        "  - {name: canary, kind: canary, service: reviews, stable: v1, canary: v3,"
+        " steps: [{weight: 10}, {weight: 100}]}\n"
+        "  - name: authz\n    kind: authz\n"
+        "    policy: {service: reviews, rules: [{sources: [frontend], methods: [GET]}]}\n"
+        "    expect: [{caller: frontend, allowed: true}]\n",
+    )
+    before = list(kube_emulator.requests())
+    proc = _run(tmp_path, str(cfg), "--dry-run", KUBECONFIG=str(kube_emulator.kubeconfig))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert (
+        "kind: VirtualService" in out
+        and "kind: DestinationRule" in out
+        and "kind: AuthorizationPolicy" in out
+    )
+    assert "weight: 90" in out and "weight: 10" in out
+    assert "cluster.local/ns/shop/sa/frontend" in out
+    writes = [
+        r for r in kube_emulator.requests()[len(before) :] if r[0] in ("PATCH", "POST", "PUT", "DELETE")
+    ]
+    assert writes == []
+    assert kube_emulator.token not in out + proc.stderr
+
+
+@pytest.mark.slow
+def test_an_aa_run_passes_the_gate(tmp_path: Path) -> None:
+    cfg = _write(
+        tmp_path,
+        "experiments:\n  - {name: aa, kind: ab, service: reviews, variants: {baseline: v1, candidate: v2},"
+        " route: {header: x-variant, value: b, percent: 50}, rps: 300, duration: 10s, warmup: 1s}\n",
+    )
+    proc = _run(tmp_path, str(cfg), "--fail-on", "worse", "--seed", "11")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = _results(tmp_path)["aa"]
+    assert result["verdict"] in ("equivalent", "inconclusive", "better")
+    junit = next((tmp_path / "reports").glob("*/junit.xml")).read_text()
+    assert "<failure" not in junit and 'name="aa: p50"' in junit

@@ -136,7 +136,10 @@ app.add_typer(local_app, name="local")
 from workbench.cli_ingest import ingest  # noqa: E402 - same reason
 
 app.command("ingest")(ingest)
+from workbench.cli_audit import audit_app  # noqa: E402 - same reason
 from workbench.cli_run import report, run  # noqa: E402 - same reason
+
+app.add_typer(audit_app, name="audit")
 
 app.command("run")(run)
 app.command("report")(report)

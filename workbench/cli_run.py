@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-EXIT_COULD_NOT_RUN = 3
 EXIT_INTERRUPTED = 130
+FAIL_ON = ("worse", "inconclusive", "never")
 
 
 def run(
@@ -24,20 +24,45 @@ def run(
             help="Use the local mesh whose state is in this directory ('workbench local up --state-dir')."
         ),
     ] = None,
+    fail_on: Annotated[
+        str,
+        typer.Option(
+            "--fail-on",
+            help="Exit 1 when a verdict reaches this: worse (a worse A/B, a rolled-back canary, a failed "
+            "authz check), inconclusive (also when one could not decide), never (report only).",
+        ),
+    ] = "worse",
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed for every random choice (trial order, generated traffic); recorded."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print what would run and (on a cluster) the objects it would write."),
+    ] = False,
 ) -> None:
     """Run the experiments with papermill and render HTML reports; print the index path.
 
-    Exit status: 0 every experiment ran (whatever its verdict), 2 invalid input, 3 an experiment
-    could not run (it is marked failed in the index with the reason), 130 interrupted.
+    Next to the reports: reports/<run-id>/summary.json and junit.xml. Exit status: 0 no verdict
+    reached --fail-on, 1 one did, 2 invalid input (the file, an option), 3 an experiment could not
+    run (a dependency missing, the backend unreachable: marked failed in the index with the
+    reason; the others still run), 130 interrupted.
     """
-    from workbench import config
+    from workbench import ci, config
     from workbench.cli import EXIT_INVALID, _load_or_exit, err, out
     from workbench.runner import run_suite
 
-    _load_or_exit(file)
+    if fail_on not in FAIL_ON:
+        err.print(f"--fail-on: must be one of {', '.join(FAIL_ON)} (got {fail_on!r})")
+        raise typer.Exit(EXIT_INVALID)
+    cfg = _load_or_exit(file)
+    if dry_run:
+        _dry_run(cfg, only or [])
+        return
     try:
         outcome = run_suite(file, only=only or (), quick=quick, reports=reports, mesh_state=mesh_state,
-                            echo=lambda line: out.print(line, markup=False))  # fmt: skip
+                            echo=lambda line: out.print(line, markup=False), fail_on=fail_on,  # type: ignore[arg-type]
+                            seed=seed)  # fmt: skip
     except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_INVALID) from None
@@ -49,13 +74,36 @@ def run(
         out.print(
             f"  {r['name']:<28} {r['verdict']:<16} {r.get('headline', '')}", markup=False, soft_wrap=True
         )
+    out.print(f"summary: {reports.resolve() / outcome.run_id / 'summary.json'}")
     out.print(f"report: {index}")
     if outcome.interrupted:
         err.print("interrupted: the reports show what was collected")
         raise typer.Exit(EXIT_INTERRUPTED)
-    if outcome.failed:
+    status = ci.exit_status(outcome.results, fail_on)  # type: ignore[arg-type]
+    if status == ci.EXIT_COULD_NOT_RUN:
         err.print(f"could not run: {', '.join(outcome.failed)} (reasons in the index)")
-        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    elif status == ci.EXIT_GATE:
+        gated = [r["name"] for r in outcome.results if ci.reaches(str(r.get("severity")), fail_on)]  # type: ignore[arg-type]
+        err.print(f"--fail-on {fail_on}: {', '.join(gated)} reached it")
+    raise typer.Exit(status)
+
+
+def _dry_run(cfg: object, only: list[str]) -> None:
+    from workbench.backends.base import BackendError
+    from workbench.cli import EXIT_INVALID, err, out
+    from workbench.dryrun import plan_run
+    from workbench.runner import select_experiments
+
+    try:
+        plan_run(
+            cfg, select_experiments(cfg, only), lambda line: out.print(line, markup=False, soft_wrap=True)
+        )  # type: ignore[arg-type]
+    except ValueError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    except BackendError as exc:
+        err.print(f"dry run: {exc}", markup=False)
+        raise typer.Exit(3) from None
 
 
 def report(

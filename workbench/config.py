@@ -140,6 +140,8 @@ class KubernetesBackend(Strict):
     namespace: str | None = None
     prometheus_url: HttpUrl | None = None
     mesh: Literal["auto", "istio", "linkerd", "consul", "gateway-api"] = "auto"
+    # Telemetry dialect of prometheus_url; default: the mesh's own (needed with mesh: gateway-api).
+    dialect: Literal["istio", "linkerd", "consul", "envoy"] | None = None
 
 
 Backend = Annotated[Union[LocalBackend, KubernetesBackend], Field(discriminator="type")]  # noqa: UP007
@@ -455,12 +457,23 @@ class Resilience(_Loaded):
         return len(self.protections) * ((self.duration or 0) + (self.warmup or 0))
 
 
+class Change(Strict):
+    """A known change for the second half of a topology run (local mesh): a version's behaviour."""
+
+    service: str
+    version: str | None = None  # default: the service's stable (first) version
+    service_time_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None  # added to the current
+    error_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
 class Topology(_Loaded):
     """Service graph from telemetry and cluster objects, with bottleneck localization."""
 
     kind: Literal["topology"]
     rps: Rps = 200.0
     connections: Connections = 16
+    localize: bool = True  # compare the run's second half with its first, rank the services
+    change: Change | None = None  # a known change applied for the second half (tests, demos)
 
     def plan(self) -> str:
         return f"graph from telemetry at {_nums([self.rps])} rps"

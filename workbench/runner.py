@@ -13,21 +13,30 @@ version), the runner checks the traffic state itself, renders what was collected
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from workbench import ci, report
 from workbench import config as cfgmod
-from workbench import report
+from workbench.audit import ENV_RUN_ID, AuditError, AuditLog
 from workbench.experiments import NOTEBOOKS
-from workbench.experiments.session import new_run_id, progress_file, quick_spec, read_result
+from workbench.experiments.session import (
+    SEED_ENV,
+    env_var,
+    new_run_id,
+    progress_file,
+    quick_spec,
+    read_result,
+)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 RUN_FILE = "run.json"
@@ -58,15 +67,21 @@ def run_suite(
     reports: str | Path = "reports",
     mesh_state: str | Path | None = None,
     echo: Echo = print,
+    fail_on: ci.FailOn = "worse",
+    seed: int | None = None,
 ) -> RunOutcome:
     """Run the experiments of ``config_file`` (or the ``only`` ones) and render their reports.
 
+    Next to the HTML, ``summary.json`` and ``junit.xml`` judge the verdicts against ``fail_on``.
+    ``seed`` (else the config's, else a fresh one — always recorded) seeds every random choice.
     Raises ConfigError for an invalid file and ValueError for unknown ``only`` names, before
     anything starts.
     """
     config_file = Path(config_file).resolve()
     cfg = cfgmod.load(config_file)
-    selected = _select(cfg, only)
+    selected = select_experiments(cfg, only)
+    if seed is None:
+        seed = cfg.defaults.seed if cfg.defaults.seed is not None else random.SystemRandom().randrange(2**31)
     run_id = new_run_id()
     data_dir = config_file.parent / "data" / "runs" / run_id
     data_dir.mkdir(parents=True)
@@ -79,6 +94,9 @@ def run_suite(
         "backend": _describe_backend(cfg),
         "started": report.now_iso(),
         "experiments": [e.name for e in selected],
+        "seed": seed,
+        "fail_on": fail_on,
+        "versions": tool_versions(cfg),
     }
     report_json(data_dir / RUN_FILE, run)
     outcome = RunOutcome(run_id, data_dir, reports / run_id / "index.html")
@@ -86,7 +104,14 @@ def run_suite(
     total = len(selected)
     echo(f"run {run_id}: {total} experiment(s) of {config_file.name}{' (quick)' if quick else ''}")
     try:
-        with guard.installed(), _shared_mesh(cfg, selected, mesh_state, echo) as state:
+        with guard.installed(), env_var(SEED_ENV, str(seed)), ExitStack() as stack:
+            try:
+                state = stack.enter_context(_shared_mesh(cfg, selected, mesh_state, echo))
+            except Exception as exc:  # any start failure leaves every experiment unrunnable
+                reason = f"the local mesh did not start: {exc}"
+                echo(reason)
+                outcome.results += [_not_run(spec, reason) for spec in selected]
+                return outcome
             for i, spec in enumerate(selected, 1):
                 if guard.requested:
                     outcome.results.append(_not_run(spec, "not run: the run was interrupted"))
@@ -96,15 +121,48 @@ def run_suite(
                 result = _run_one(cfg, spec, config_file, data_dir, reports / run_id, quick, state, echo)
                 result.setdefault("duration_s", round(time.monotonic() - started, 1))
                 outcome.results.append(result)
-                echo(f"[{i}/{total}] {spec.name}: {result['verdict']} ({result['duration_s']:.0f} s)"
-                     f"{' - ' + result['headline'] if result.get('status') != 'ok' else ''}")  # fmt: skip
+                tail = f" - {result['headline']}" if result.get("status") != "ok" else ""
+                echo(f"[{i}/{total}] {spec.name}: {result['verdict']} ({result['duration_s']:.0f} s){tail}")
     finally:
         outcome.interrupted = guard.requested
         run["finished"] = report.now_iso()
         run["interrupted"] = guard.requested
         report_json(data_dir / RUN_FILE, run)
-        report.write_index(reports, run_id, run, outcome.results)
+        _finish(reports, data_dir, run, outcome.results, fail_on)
     return outcome
+
+
+def _finish(
+    reports: Path, data_dir: Path, run: dict[str, Any], results: list[dict[str, Any]], fail_on: ci.FailOn
+) -> None:
+    """Index page, summary.json and junit.xml; then scrub every artifact of the run of secrets."""
+    run_id = data_dir.name
+    report.write_index(reports, run_id, run, results)
+    ci.write_artifacts(reports / run_id, run, results, fail_on)
+    scrub = ci.Scrubber.from_environment()
+    for path in [*(reports / run_id).glob("*"), *data_dir.glob("*.ipynb"), *data_dir.glob("*/result.json")]:
+        if path.is_file():
+            scrub.file(path)
+    if (reports / "index.html").exists():
+        scrub.file(reports / "index.html")
+
+
+def tool_versions(cfg: cfgmod.Config) -> dict[str, str]:
+    """Versions of the workbench and of the tools a run uses (recorded in run.json and summary.json)."""
+    import platform
+
+    from workbench import __version__
+    from workbench.tools import find_binary, tool_version
+
+    versions = {"workbench": __version__, "python": platform.python_version()}
+    names = ("envoy", "k6", "prometheus") if cfg.backend.type == "local" else ("k6",)
+    for name in names:
+        path = find_binary(name)
+        try:
+            versions[name] = tool_version(path, name) if path else "missing"
+        except RuntimeError:
+            versions[name] = "unusable"
+    return versions
 
 
 def rerender(run_id: str, reports: str | Path = "reports", data_root: str | Path = "data/runs",
@@ -144,11 +202,11 @@ def rerender(run_id: str, reports: str | Path = "reports", data_root: str | Path
                 report.render_html(nb, reports / run_id / f"{name}.html", name)
                 result["report"] = f"{name}.html"
         outcome.results.append(result)
-    report.write_index(reports, run_id, run, outcome.results)
+    _finish(reports, data_dir, run, outcome.results, run.get("fail_on", "worse"))
     return outcome
 
 
-def _select(cfg: cfgmod.Config, only: Sequence[str]) -> list[Any]:
+def select_experiments(cfg: cfgmod.Config, only: Sequence[str]) -> list[Any]:
     names = [e.name for e in cfg.experiments]
     unknown = [n for n in only if n not in names]
     if unknown:
@@ -175,7 +233,15 @@ def _run_one(
         "mesh_state": str(mesh_state or ""),
     }
     reason = ""
-    with progress_file(data_dir / "progress.log") as progress, _tail(progress, echo):
+    run_id = data_dir.name
+    log = None if replay else AuditLog(backend=_audit_backend(cfg, mesh_state))
+    if log is not None:
+        _audit(log, echo, "experiment_start", spec.name, run_id=run_id, kind=spec.kind, quick=quick)
+    with (
+        progress_file(data_dir / "progress.log") as progress,
+        _tail(progress, echo),
+        env_var(ENV_RUN_ID, run_id),
+    ):  # the kernel's audit entries carry the run id
         try:
             pm.execute_notebook(
                 str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(executed), parameters=params,
@@ -191,10 +257,30 @@ def _run_one(
         result = _not_run(spec, reason or "the notebook ended without a result")
     if result.get("status") != "ok" and mesh_state is not None:
         result["restored"] = restore_safe(spec, mesh_state)
+    if log is not None:
+        _audit(log, echo, "experiment_end", spec.name, run_id=run_id, kind=spec.kind,
+               verdict=result.get("verdict"), status=result.get("status"), headline=result.get("headline"),
+               restored=result.get("restored"))  # fmt: skip
     if executed.exists():
         report.render_html(executed, out_dir / f"{spec.name}.html", spec.name)
         result["report"] = f"{spec.name}.html"
     return result
+
+
+def _audit_backend(cfg: cfgmod.Config, mesh_state: Path | None) -> dict[str, Any]:
+    """The ``backend`` of the run's audit entries: local (its mesh's state dir) or the kube context."""
+    b = cfg.backend
+    if b.type == "local":
+        return {"type": "local", "context": str(mesh_state) if mesh_state else "", "mode": b.mode}
+    return {"type": b.type, "context": b.context or "(current)", "namespace": b.namespace or ""}
+
+
+def _audit(log: AuditLog, echo: Echo, action: str, target: str, **details: Any) -> None:
+    """Record an experiment's start or end; a broken audit log is reported, not fatal to the run."""
+    try:
+        log.record(action, target, **details)
+    except (AuditError, OSError) as exc:
+        echo(f"    warning: not recorded in the audit log: {exc}")
 
 
 def _ipc_kernel_manager() -> type:

@@ -14,6 +14,8 @@ NOTEBOOKS = {
     "canary": "canary",
     "authz": "authz",
     "resilience": "resilience",
+    "audit": "audit",
+    "topology": "topology",
 }
 
 __all__ = ["NOTEBOOKS", "ExperimentResult", "Session", "open_session"]

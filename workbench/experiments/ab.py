@@ -25,7 +25,7 @@ from workbench.stats.compare import Comparison, compare
 SEVERITY = VERDICT_SEVERITY
 
 
-def profile(spec: Any) -> LoadProfile:
+def profile(spec: Any, seed: int | None = None) -> LoadProfile:
     """The load of an A/B: the route's share of requests carries the header or cookie."""
     tagged: dict[str, str] = {}
     percent = 0.0
@@ -42,6 +42,7 @@ def profile(spec: Any) -> LoadProfile:
         path=spec.path,
         tagged_percent=percent,
         tagged_headers=tagged,
+        seed=seed,
     )
 
 
@@ -56,22 +57,22 @@ def run(s: Session) -> None:
             mesh.set_split(spec.service, {base: 100})
             mesh.set_route(spec.service, spec.route, version=cand)
         s.progress(f"A/B {base} vs {cand}: {spec.rps:g} rps for {spec.duration:g} s")
-        storage.save(mesh.run_load(spec.service, profile(spec)), s.store, "ab")
+        storage.save(mesh.run_load(spec.service, profile(spec, s.seed)), s.store, "ab")
     finally:
         if spec.route is not None:
             mesh.set_route(spec.service, None)
         mesh.set_split(spec.service, {base: 100})
     if hasattr(mesh, "direct_target"):
         s.progress(f"measuring {base} and {cand} directly, without sidecars (ground truth)")
-        storage.save(_direct(mesh, spec), s.store, "direct")
+        storage.save(_direct(mesh, spec, s.seed), s.store, "direct")
 
 
-def _direct(mesh: Any, spec: Any) -> LoadResult:
+def _direct(mesh: Any, spec: Any, seed: int | None) -> LoadResult:
     from workbench.load.k6 import run_k6
 
     target = mesh.direct_target(spec.service, [spec.variants.baseline, spec.variants.candidate])
     plain = LoadProfile(rps=spec.rps, connections=spec.connections, duration_s=spec.duration,
-                        warmup_s=spec.warmup, path=spec.path)  # fmt: skip
+                        warmup_s=spec.warmup, path=spec.path, seed=seed)  # fmt: skip
     work = tempfile.mkdtemp(prefix="k6-direct-")
     try:
         return run_k6(plain, target, work, labels={"service": spec.service, "backend": "direct"},

@@ -176,9 +176,19 @@ def analyse(s: Session) -> ExperimentResult:
         "changed_by_policy": changed,
         "errors": int((frame["after"] == "error").sum() + (frame["after"] == "mixed").sum()),
     }
+    checks = [
+        {
+            "name": _label(r),
+            "verdict": r["result"],
+            "severity": "ok" if r["result"] == "pass" else "worse",
+            "explanation": f"{_label(r)}: expected {r['expected']}, observed {r['after']} "
+            f"({r['statuses_after'] or 'no answer'}); before the policy {r['before']}",
+        }
+        for _, r in frame.iterrows()
+    ]
     return ExperimentResult(
         spec.name, "authz", verdict, severity, headline, figures,  # type: ignore[arg-type]
-        {"checks": frame}, {"data": data},
+        {"checks": frame}, {"data": data}, checks,
     )  # fmt: skip
 
 

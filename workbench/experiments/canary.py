@@ -14,12 +14,22 @@ Traffic always ends on a safe split: stable 100 % after a rollback, an error, Ct
 promotion. Every split change, step start/end and decision is written to ``timeline.json`` as it
 happens; ``analyse`` re-derives the decisions from the stored steps (deterministically) and takes
 what actually happened from the timeline, so a run interrupted after 2 of 5 steps still analyses.
+
+Where the data comes from depends on the backend. The local mesh runs k6 here: each step's
+per-request samples (``step-<i>.json``). A backend that offers ``observe`` (the ``Observer`` seam: a
+Kubernetes cluster) is not loaded by the canary: the step waits its duration while the versions
+serve their **real traffic**, then reads each version's per-window requests, errors and latency
+histogram from the cluster's Prometheus (``step-<i>.telemetry.json``); the spec's rps/connections
+are not used there. Windows are then Prometheus' (aligned to multiples of ``window``, whole seconds,
+at least the scrape interval).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,15 +41,19 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.experiments.session import ExperimentResult, Session, Severity
+from workbench.backends.base import Observer
+from workbench.experiments.session import ExperimentResult, Session, Severity, metric_checks
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult, empty_samples
-from workbench.plots import COLOURS, interval_chart, styled
+from workbench.metrics.histogram import Histogram, merge
+from workbench.plots import COLOURS, add_markers, interval_chart, styled
 from workbench.stats.compare import Margin
 from workbench.stats.sequential import Decision, SequentialTest
-from workbench.stats.windows import window_table
+from workbench.stats.windows import start_of, window_table
 
 TIMELINE_FILE = "timeline.json"
+TELEMETRY_SUFFIX = ".telemetry.json"  # step-<i>.telemetry.json: a step observed in Prometheus
+TELEMETRY_COLUMNS = ["version", "time", "requests", "errors", "histogram"]
 KIND = "canary"
 # Outcomes written to the timeline's "end" event, and the verdict/severity each one gives.
 OUTCOMES: dict[str, tuple[str, Severity]] = {
@@ -222,9 +236,9 @@ def profile(spec: Any, duration_s: float, warmup_s: float) -> LoadProfile:
 
 
 def _arms(frames: list[pd.DataFrame], plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Cumulative (stable, canary) samples of the steps so far."""
+    """Cumulative (stable, canary) data of the steps so far: samples, or observed per-window rows."""
     samples = pd.concat(frames, ignore_index=True) if frames else empty_samples()
-    variant = samples["variant"].astype(str)
+    variant = samples["version" if "histogram" in samples.columns else "variant"].astype(str)
     return (
         samples[variant == plan.stable].reset_index(drop=True),
         samples[variant == plan.canary].reset_index(drop=True),
@@ -263,11 +277,9 @@ def run(s: Session) -> None:
                 timeline.add("step start", step=i, weight=weight, duration_s=duration)
                 s.progress(f"canary step {i}/{n}: {weight}% to {plan.canary} for {duration:g} s")
                 warmup = float(spec.warmup or 0) if i == 1 else 0.0
-                result = mesh.run_load(plan.service, profile(spec, duration, warmup))
-                storage.save(result, s.store, f"step-{i}")
-                counts = result.samples["variant"].astype(str).value_counts().to_dict()
-                timeline.add("step end", step=i, weight=weight, requests=counts, file=f"step-{i}.json")
-                frames.append(result.samples)
+                data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup))
+                timeline.add("step end", step=i, weight=weight, requests=_requests(data), file=file)
+                frames.append(data)
                 decision = test.look(*_arms(frames, plan))
                 timeline.add("decision", **_decision_record(decision, i))
                 s.progress(
@@ -293,6 +305,58 @@ def run(s: Session) -> None:
             _finish(s, mesh, plan, timeline, outcome, reason)
 
 
+def _measure(s: Session, mesh: Any, plan: Plan, step: int, load: LoadProfile) -> tuple[pd.DataFrame, str]:
+    """One step's data, stored at once: k6 samples (local mesh), or the versions' real traffic observed
+    in telemetry over the step (an ``Observer`` backend: a cluster). Returns (data, file name)."""
+    if not isinstance(mesh, Observer):
+        result = mesh.run_load(plan.service, load)
+        storage.save(result, s.store, f"step-{step}")
+        return result.samples, f"step-{step}.json"
+    time.sleep(load.warmup_s)
+    start = time.time()
+    time.sleep(load.duration_s)
+    observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, time.time(), plan.window_s)
+    frame = pd.concat(
+        [f.assign(version=v) for v, f in observed.items()] or [pd.DataFrame(columns=TELEMETRY_COLUMNS)],
+        ignore_index=True,
+    )[TELEMETRY_COLUMNS]
+    name = f"step-{step}{TELEMETRY_SUFFIX}"
+    save_telemetry(frame, s.store / name)
+    return frame, name
+
+
+def save_telemetry(frame: pd.DataFrame, path: Any) -> None:
+    """Write observed per-window rows (version, time, requests, errors, histogram) as JSON."""
+    rows = [
+        {"version": str(r.version), "time": pd.Timestamp(r.time).isoformat(), "requests": float(r.requests),
+         "errors": float(r.errors), "histogram": r.histogram.to_dict()}
+        for r in frame.itertuples(index=False)
+    ]  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"columns": TELEMETRY_COLUMNS, "rows": rows}))  # Infinity: open buckets
+    tmp.replace(path)
+
+
+def load_telemetry(path: Any) -> pd.DataFrame:
+    """The rows ``save_telemetry`` wrote."""
+    rows = json.loads(path.read_text())["rows"]
+    frame = pd.DataFrame(rows, columns=TELEMETRY_COLUMNS)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    frame["histogram"] = [Histogram.from_dict(h) for h in frame["histogram"]]
+    return frame
+
+
+def _requests(data: pd.DataFrame) -> dict[str, int]:
+    """Requests per version in one step's data."""
+    if "histogram" in data.columns:
+        return {str(v): int(n) for v, n in data.groupby("version", sort=False)["requests"].sum().items()}
+    return data["variant"].astype(str).value_counts().to_dict()
+
+
+def _step_data(step: LoadResult | pd.DataFrame) -> pd.DataFrame:
+    return step.samples if isinstance(step, LoadResult) else step
+
+
 def _finish(s: Session, mesh: Any, plan: Plan, timeline: Timeline, outcome: str, reason: str) -> None:
     """Set the safe final split (canary 100 % only after a promotion) and record how the run ended."""
     final = {plan.canary: 100} if outcome == "promoted" else {plan.stable: 100}
@@ -307,8 +371,28 @@ def _finish(s: Session, mesh: Any, plan: Plan, timeline: Timeline, outcome: str,
                 raise
             return
         timeline.add("split", split=final, reason=why)
+        _audit_outcome(s, mesh, plan, timeline, outcome, final, reason)
         timeline.add("end", outcome=outcome, reason=reason)
     s.progress(f"canary {plan.canary}: {OUTCOMES[outcome][0]}; traffic now {final}")
+
+
+def _audit_outcome(
+    s: Session, mesh: Any, plan: Plan, timeline: Timeline, outcome: str, final: dict[str, int], reason: str
+) -> None:
+    """Audit ``promote``, or ``rollback`` when the canary had traffic; a broken log goes to the timeline."""
+    from workbench.audit import AuditError, AuditLog
+
+    splits = [e["split"] for e in timeline.doc["events"] if e["event"] in ("initial split", "split")]
+    before = splits[-2] if len(splits) >= 2 else None
+    if outcome != "promoted" and outcome != "rolled back" and not (before or {}).get(plan.canary):
+        return  # the canary never had traffic: nothing was rolled back
+    action = "promote" if outcome == "promoted" else "rollback"
+    try:
+        log = getattr(mesh, "audit", None) or AuditLog()
+        log.record(action, plan.service, before, final, run_id=s.run_id, canary=plan.canary,
+                   stable=plan.stable, outcome=outcome, reason=reason)  # fmt: skip
+    except (AuditError, OSError) as exc:
+        timeline.add("audit failed", action=action, error=str(exc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,23 +408,25 @@ class Look:
     decision: Decision
 
 
-def _stored_steps(s: Session, plan: Plan) -> dict[int, LoadResult]:
-    """The steps whose data was stored (a partial run has fewer)."""
-    out = {}
+def _stored_steps(s: Session, plan: Plan) -> dict[int, LoadResult | pd.DataFrame]:
+    """The steps whose data was stored (a partial run has fewer): LoadResults, or observed rows."""
+    out: dict[int, LoadResult | pd.DataFrame] = {}
     for i in range(1, len(plan.steps) + 1):
-        path = s.store / f"step-{i}.json"
-        if path.exists():
+        observed, path = s.store / f"step-{i}{TELEMETRY_SUFFIX}", s.store / f"step-{i}.json"
+        if observed.exists():
+            out[i] = load_telemetry(observed)
+        elif path.exists():
             out[i] = storage.load(path)
     return out
 
 
-def rederive(plan: Plan, steps: dict[int, LoadResult]) -> list[Look]:
+def rederive(plan: Plan, steps: dict[int, LoadResult | pd.DataFrame]) -> list[Look]:
     """The decisions the stored steps give, in order, stopping at the first final action."""
     test, frames, looks = plan.test(), [], []
     for i, st in enumerate(plan.steps, start=1):
         if st["weight"] >= 100 or i not in steps:
             break
-        frames.append(steps[i].samples)
+        frames.append(_step_data(steps[i]))
         d = test.look(*_arms(frames, plan))
         looks.append(Look(i, st["weight"], d))
         if d.action != "continue":
@@ -386,7 +472,14 @@ def analyse(s: Session) -> ExperimentResult:
     tables = {"looks": _looks_table(looks), "steps": _steps_table(plan, steps)}
     tables["timeline"] = _events_table(events)
     details = {"plan": plan, "events": events, "looks": looks, "steps": steps, "consistent": consistent}
-    return ExperimentResult(s.spec.name, KIND, verdict, severity, headline, figures, tables, details)
+    if events:  # audit events of this run (and unattributed ones on its service meanwhile), as markers
+        from workbench.audit import markers_for_run
+
+        end = pd.Timestamp(events[-1]["time"]) + pd.Timedelta(seconds=1)
+        start = doc.get("started") or events[0]["time"]
+        details["audit"] = markers_for_run(s.run_id, start, end.to_pydatetime(), [plan.service])
+    checks = metric_checks(last.decision.comparison, prefix=f"look {last.decision.look} ") if last else []
+    return ExperimentResult(s.spec.name, KIND, verdict, severity, headline, figures, tables, details, checks)
 
 
 def _headline(
@@ -435,14 +528,28 @@ def _looks_table(looks: list[Look]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _steps_table(plan: Plan, steps: dict[int, LoadResult]) -> pd.DataFrame:
+def _telemetry_summary(rows: pd.DataFrame) -> dict[str, float]:
+    """count, p50, p99 and error_pct of one version's observed windows (histograms merged)."""
+    requests = float(rows["requests"].sum())
+    if not len(rows) or requests <= 0:
+        return {}
+    h = merge(*rows["histogram"]) if len(rows) > 1 else rows["histogram"].iloc[0]
+    return {"count": requests, "p50": h.quantile(0.5) if h.count else np.nan,
+            "p99": h.quantile(0.99) if h.count else np.nan,
+            "error_pct": 100 * float(rows["errors"].sum()) / requests}  # fmt: skip
+
+
+def _steps_table(plan: Plan, steps: dict[int, LoadResult | pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for i, res in steps.items():
-        arms = res.by_variant()
+        if isinstance(res, LoadResult):
+            arms = {v: a.summary() for v, a in res.by_variant().items()}
+        else:
+            arms = {str(v): _telemetry_summary(g) for v, g in res.groupby("version", sort=False)}
         row: dict[str, Any] = {"step": i, "weight_pct": plan.steps[i - 1]["weight"],
                                "duration_s": plan.steps[i - 1]["duration_s"]}  # fmt: skip
         for name, version in (("stable", plan.stable), ("canary", plan.canary)):
-            summ = arms[version].summary() if version in arms else {}
+            summ = arms.get(version, {})
             row[f"{name}_requests"] = int(summ.get("count", 0))
             row[f"{name}_p50_ms"] = summ.get("p50", np.nan)
             row[f"{name}_p99_ms"] = summ.get("p99", np.nan)
@@ -488,7 +595,7 @@ def _seconds(times: Any, t0: pd.Timestamp) -> np.ndarray:
 def _timeline_figure(result: ExperimentResult) -> go.Figure:
     plan: Plan = result.details["plan"]
     events: list[dict[str, Any]] = result.details["events"]
-    steps: dict[int, LoadResult] = result.details["steps"]
+    steps: dict[int, LoadResult | pd.DataFrame] = result.details["steps"]
     t0 = pd.Timestamp(events[0]["time"]) if events else pd.Timestamp(datetime.now(UTC))
     fig = make_subplots(
         rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.25, 0.45, 0.30],
@@ -503,9 +610,9 @@ def _timeline_figure(result: ExperimentResult) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"shape": "hv", "color": COLOURS["canary"]},
                                  name=f"{plan.canary} weight"), row=1, col=1)  # fmt: skip
     # Rows 2 and 3: per-arm p50/p99 and error rate per window.
-    frames = [steps[i].samples for i in sorted(steps)]
+    frames = [_step_data(steps[i]) for i in sorted(steps)]
     stable, canary = _arms(frames, plan)
-    starts = [x["timestamp"].min() for x in (stable, canary) if len(x)]
+    starts = [start_of(x) for x in (stable, canary) if len(x)]
     if starts:
         origin = pd.Timestamp(min(starts))
         arms = ((plan.stable, stable, COLOURS["stable"]), (plan.canary, canary, COLOURS["canary"]))
@@ -534,6 +641,7 @@ def _timeline_figure(result: ExperimentResult) -> go.Figure:
                             textposition="top center", marker={"color": colour, "symbol": symbol, "size": 11},
                             name=f"look {e['look']}: {e['action']}")  # fmt: skip
         fig.add_trace(marker, row=1, col=1)
+    add_markers(fig, result.details.get("audit", []), origin=t0, row="all", col=1)
     fig.update_yaxes(title_text="canary weight (%)", range=[-5, 115], row=1, col=1)
     fig.update_yaxes(title_text="latency per window (ms)", row=2, col=1)
     fig.update_yaxes(title_text="errors per window (%)", row=3, col=1)

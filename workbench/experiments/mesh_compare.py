@@ -279,8 +279,19 @@ def analyse(s: Session) -> ExperimentResult:
         verdict, severity = "inconclusive", "inconclusive"
     else:
         verdict, severity = "measured", "ok"
+    checks = [
+        {
+            "name": f"{r['mode']} vs {base} at {r['connections']} connections {r['metric']}",
+            "verdict": r["verdict"],
+            "severity": "ok",  # overhead is what is measured here, not a regression
+            "explanation": r.get("explanation") or r["method"],
+            "estimate": r["estimate"],
+            "ci": [r["ci_low"], r["ci_high"]],
+        }
+        for _, r in overhead.iterrows()
+    ]
     return ExperimentResult(spec.name, "mesh_compare", verdict, severity, _headline(overhead, base, fortio),
-                            figures, tables, details)  # fmt: skip
+                            figures, tables, details, checks)  # fmt: skip
 
 
 def _fmt(row: pd.Series, with_ci: bool = True) -> str:

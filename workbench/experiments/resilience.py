@@ -37,7 +37,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from statsmodels.stats.proportion import proportion_confint
 
-from workbench.experiments.session import ExperimentResult, Session
+from workbench.experiments.session import ExperimentResult, Session, metric_checks
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult
 from workbench.plots import COLOURS, PALETTE, latency_cdf, styled
@@ -244,8 +244,9 @@ def analyse(s: Session) -> ExperimentResult:
         figures[f"p99_{n}"] = r["p99"]
     tables = {"protections": frame, "comparison": pd.DataFrame(rows)}
     details = {"runs": runs, "comparisons": comparisons, "baseline": base, "best": best, "setup": setup}
+    checks = [c for n, comp in comparisons.items() for c in metric_checks(comp, f"{n} vs {base} ", True)]
     return ExperimentResult(spec.name, "resilience", f"best: {best}", severity, headline, figures, tables,
-                            details)  # fmt: skip
+                            details, checks)  # fmt: skip
 
 
 def _fault_text(setup: dict[str, Any]) -> str:

@@ -31,11 +31,13 @@ import pandas as pd
 
 from workbench import config as cfgmod
 from workbench.backends.base import Backend, BackendError
+from workbench.load.k6 import SEED_ENV  # the runner's --seed, for every random choice
 from workbench.stats.compare import Margin
 
 Severity = Literal["ok", "inconclusive", "worse", "error"]
 RESULT_FILE = "result.json"
 PROGRESS_ENV = "WORKBENCH_PROGRESS_FILE"  # the runner tails this file to show progress
+
 QUICK_MIN_DURATION_S = 3.0
 QUICK_MIN_BY_KIND = {"ab": 10.0}  # a known +2 ms must still be seen: enough windows of enough requests
 VERDICT_SEVERITY: dict[str, Severity] = {"worse": "worse", "inconclusive": "inconclusive", "better": "ok",
@@ -86,13 +88,17 @@ class ExperimentResult:
         }
 
 
-def metric_checks(comparison: Any, prefix: str = "") -> list[dict[str, Any]]:
-    """One check per metric of a ``stats.compare`` Comparison, with its explain() sentence."""
+def metric_checks(comparison: Any, prefix: str = "", informational: bool = False) -> list[dict[str, Any]]:
+    """One check per metric of a ``stats.compare`` Comparison, with its explain() sentence.
+
+    ``informational``: the difference is the measurement itself (a sidecar's overhead, what a
+    protection costs), not a regression, so it never fails a CI gate (severity ok).
+    """
     return [
         {
             "name": f"{prefix}{r.metric}",
             "verdict": r.verdict,
-            "severity": VERDICT_SEVERITY.get(r.verdict, "inconclusive"),
+            "severity": "ok" if informational else VERDICT_SEVERITY.get(r.verdict, "inconclusive"),
             "explanation": r.explain(),
             "estimate": r.estimate,
             "ci": list(r.ci),
@@ -134,7 +140,9 @@ class Session:
 
     @property
     def seed(self) -> int | None:
-        return self.config.defaults.seed
+        """The run's seed (``workbench run --seed``, via the environment), else the config's."""
+        given = os.environ.get(SEED_ENV)
+        return int(given) if given else self.config.defaults.seed
 
     # ------------------------------------------------------------------------------------------
     # Backend
@@ -364,15 +372,22 @@ def read_result(store: Path) -> dict[str, Any] | None:
 @contextmanager
 def progress_file(path: Path) -> Iterator[Path]:
     """Point sessions in child processes (papermill kernels) at ``path`` for progress lines."""
-    old = os.environ.get(PROGRESS_ENV)
-    os.environ[PROGRESS_ENV] = str(path)
-    try:
+    with env_var(PROGRESS_ENV, str(path)):
         yield path
+
+
+@contextmanager
+def env_var(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block (child processes such as kernels inherit it)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
     finally:
         if old is None:
-            os.environ.pop(PROGRESS_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[PROGRESS_ENV] = old
+            os.environ[name] = old
 
 
 def _reason(exc: BaseException) -> str:

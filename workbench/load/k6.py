@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["parse_samples", "render_script", "run_k6"]
 
+SEED_ENV = "WORKBENCH_SEED"  # `workbench run --seed` exports it; a profile's own seed wins
 METRIC = "workbench_req"
 START_METRIC = "workbench_scenario_start"  # one Gauge sample per VU and scenario: its start (ms epoch)
 SCRIPT_FILE = "script.js"
@@ -167,7 +168,10 @@ def render_script(profile: LoadProfile, target: LoadTarget) -> str:
         "taggedPercent": float(profile.tagged_percent),
         "timeoutMs": round(profile.timeout_s * 1000),
     }
-    options = {"discardResponseBodies": True, "scenarios": _scenarios(profile)}
+    options: dict[str, Any] = {"discardResponseBodies": True, "scenarios": _scenarios(profile)}
+    seed = profile.seed if profile.seed is not None else os.environ.get(SEED_ENV)
+    if seed is not None and seed != "":  # k6 seeds Math.random: URL choice and tagged share repeat
+        options["randomSeed"] = int(seed)
     return _SCRIPT.format(
         config=json.dumps(config, indent=2),
         options=json.dumps(options, indent=2),

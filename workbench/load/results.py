@@ -104,6 +104,7 @@ class LoadProfile:
     tagged_percent: float = 0.0
     tagged_headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 10.0
+    seed: int | None = None  # the generator's random choices (target URL, tagged share)
 
     def __post_init__(self) -> None:
         if self.model == "open" and (self.rps is None or self.rps <= 0):

@@ -31,7 +31,8 @@ covers exactly one window ``(t - W, t]`` and windows are aligned to multiples of
 UTC), ``dialect``, ``view``, ``source``, ``destination``, ``version``, ``requests``, ``errors``,
 ``rps``, ``error_rate`` and ``histogram`` (a :class:`Histogram` in ms, the window's latency
 buckets). :func:`arm` turns the rows of one arm into the per-window histograms ``stats.compare``
-takes; :func:`arm_counts` gives its per-window requests and errors.
+takes; :func:`arm_counts` gives its per-window requests and errors; :func:`arm_windows` both in
+one frame (time, requests, errors, histogram), which ``stats`` also takes — error_rate included.
 
 Range queries are cut into chunks of at most :data:`MAX_POINTS` evaluation steps, Prometheus'
 limit per series (a longer one fails with "exceeded maximum resolution"); transient failures are
@@ -61,6 +62,7 @@ __all__ = [
     "View",
     "arm",
     "arm_counts",
+    "arm_windows",
     "query_range_chunked",
     "windows",
 ]
@@ -464,3 +466,25 @@ def arm_counts(
     out = rows.groupby("time", sort=True)[["requests", "errors", "rps"]].sum()
     out["error_rate"] = (out["errors"] / out["requests"]).where(out["requests"] > 0)
     return out
+
+
+def arm_windows(
+    frame: pd.DataFrame,
+    *,
+    source: str | None = None,
+    destination: str | None = None,
+    version: str | None = None,
+) -> pd.DataFrame:
+    """One arm's per-window ``time``, ``requests``, ``errors`` and merged ``histogram`` — the
+    per-window input ``stats.compare``/``stats.windows`` take, with counts so error_rate works."""
+    hists = arm(frame, source=source, destination=destination, version=version)
+    counts = arm_counts(frame, source=source, destination=destination, version=version)
+    out = pd.DataFrame(
+        {
+            "time": pd.DatetimeIndex(hists.index),
+            "requests": counts["requests"].reindex(hists.index).fillna(0.0).to_numpy(float),
+            "errors": counts["errors"].reindex(hists.index).fillna(0.0).to_numpy(float),
+            "histogram": hists.to_numpy(dtype=object),
+        }
+    )
+    return out.reset_index(drop=True)

@@ -1,12 +1,14 @@
 """Prometheus queries as tidy pandas frames (through prometheus-api-client).
 
 One row per series and point: the series' labels as columns, ``timestamp`` (UTC) and ``value``.
-Credentials never appear in errors or frames: the URL is shown redacted.
+A URL with userinfo (``http://user:pass@host:9090``) becomes HTTP basic auth on a URL without it;
+credentials never appear in errors or frames: the URL is shown redacted.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -40,7 +42,13 @@ class Prometheus:
         self.timeout_s = timeout_s
         self.retries = retries
         retry = Retry(total=retries, backoff_factor=backoff_s, status_forcelist=RETRY_STATUSES)
-        self._client = PrometheusConnect(url=url, disable_ssl=False, timeout=timeout_s, retry=retry)
+        base, auth = split_userinfo(url)
+        self._client = PrometheusConnect(
+            url=base, disable_ssl=False, timeout=timeout_s, retry=retry, auth=auth
+        )
+
+    def __repr__(self) -> str:
+        return f"Prometheus({redact_url(self.url)!r})"
 
     def _error(self, what: str, promql: str, exc: Exception) -> PrometheusError:
         retried = isinstance(exc, RequestsConnectionError | Timeout | RetryError)
@@ -72,6 +80,20 @@ class Prometheus:
         """The single value of an instant query; NaN when it returns nothing."""
         frame = self.query(promql, at)
         return float(frame["value"].iloc[0]) if len(frame) else float("nan")
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """(``url`` without userinfo and trailing slash, (user, password) for basic auth or None)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # an IPv6 address
+        netloc = f"[{netloc}]"
+    if parts.port:
+        netloc += f":{parts.port}"
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, parts.fragment))
+    if parts.username is None and parts.password is None:
+        return base, None
+    return base, (unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def _frame(series: list[dict]) -> pd.DataFrame:

@@ -109,12 +109,21 @@ def interval_chart(frame: pd.DataFrame, title: str, reading: str, unit: str = "m
                   height=160 + 50 * len(frame))  # fmt: skip
 
 
-def add_markers(fig: go.Figure, events: Iterable[dict[str, Any]]) -> go.Figure:
-    """Vertical markers for events (``time``, ``label``) on a time-axis figure."""
+def add_markers(
+    fig: go.Figure, events: Iterable[dict[str, Any]], origin: pd.Timestamp | None = None, **where: Any
+) -> go.Figure:
+    """Vertical markers for events (``time``, ``label``) on a time-axis figure.
+
+    With ``origin`` the x axis is seconds since it (as the canary timeline's); ``where`` goes to
+    ``add_vline`` (e.g. ``row="all", col=1`` on a figure with subplots).
+    """
     for ev in events:
-        fig.add_vline(x=pd.Timestamp(ev["time"]), line={"color": COLOURS["grey"], "dash": "dash", "width": 1})
+        x: Any = pd.Timestamp(ev["time"])
+        if origin is not None:
+            x = (x - pd.Timestamp(origin)).total_seconds()
+        fig.add_vline(x=x, line={"color": COLOURS["grey"], "dash": "dash", "width": 1}, **where)
         fig.add_annotation(
-            x=pd.Timestamp(ev["time"]), y=1.0, yref="paper", text=ev["label"], showarrow=False,
+            x=x, y=1.0, yref="paper", text=ev["label"], showarrow=False,
             xanchor="left", yanchor="bottom", font={"size": 10}, textangle=-30,
         )  # fmt: skip
     return fig

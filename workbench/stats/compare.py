@@ -156,11 +156,26 @@ def compare(
         )
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha must be between 0 and 0.5 (got {alpha})")
-    margin = margin or Margin()
     window_s = parse_duration(window)
     starts = [t for t in (start_of(a), start_of(b)) if t is not None]
     origin = min(starts) if starts else pd.Timestamp(0, tz="UTC")
     wa, wb = window_table(a, window_s, origin), window_table(b, window_s, origin)
+    return compare_tables(wa, wb, metrics, window_s, margin, alpha, paired, no_data)
+
+
+def compare_tables(
+    wa: pd.DataFrame,
+    wb: pd.DataFrame,
+    metrics: Sequence[str] = ("p50", "p90", "p99", "error_rate"),
+    window_s: float = 5.0,
+    margin: Margin | None = None,
+    alpha: float = 0.05,
+    paired: bool | Literal["auto"] = "auto",
+    no_data: NoData = "inconclusive",
+) -> Comparison:
+    """``compare`` on ready window tables (index: window number; columns count, errors and the
+    metrics), for per-window values derived elsewhere, e.g. self-times from telemetry."""
+    margin = margin or Margin()
     common = wa.index.intersection(wb.index)
     concurrent = len(common) >= MIN_WINDOWS and len(common) >= 0.5 * min(len(wa), len(wb))
     is_paired = concurrent if paired == "auto" else bool(paired)

@@ -5,6 +5,13 @@ trivia significant. Each arm is cut into short windows (default 5 s) and every w
 observation: its request count, error count, mean and quantiles — from the window's samples, or
 from its histogram when only buckets exist (Prometheus, fortio). Windows are aligned to one
 origin across arms, so windows of arms that ran at the same time can be paired.
+
+Accepted input (``WindowInput``): per-request samples (a frame with timestamp, latency_ms, status,
+or a LoadResult); or per-window histograms — a Series (timestamp → Histogram), pairs
+``(timestamp, Histogram)``, triples ``(timestamp, Histogram, errors)``, or a frame with columns
+``time`` (or a DatetimeIndex), ``histogram`` and optionally ``requests`` and ``errors`` (the shape
+``metrics.dialects.arm_windows`` gives). Without counts a window's errors are 0 and its requests
+the histogram's count; with them, error_rate works from telemetry (Prometheus) too.
 """
 
 from __future__ import annotations
@@ -21,7 +28,14 @@ from workbench.metrics.histogram import Histogram
 QUANTILE_METRICS = {"p50": 0.50, "p75": 0.75, "p90": 0.90, "p95": 0.95, "p99": 0.99, "p999": 0.999}
 STAT_COLUMNS = ["count", "errors", "mean", *QUANTILE_METRICS]
 
-WindowInput = pd.DataFrame | LoadResult | pd.Series | Iterable[tuple[Any, Histogram]]
+WindowInput = (
+    pd.DataFrame
+    | LoadResult
+    | pd.Series
+    | Iterable[tuple[Any, Histogram]]
+    | Iterable[tuple[Any, Histogram, float]]
+)
+HISTOGRAM_COLUMNS = ("histogram", "requests", "errors")
 
 
 def as_samples(x: WindowInput) -> pd.DataFrame | None:
@@ -31,6 +45,8 @@ def as_samples(x: WindowInput) -> pd.DataFrame | None:
             raise ValueError("a histogram-only LoadResult has no time windows; pass per-window histograms")
         return x.samples
     if isinstance(x, pd.DataFrame):
+        if "histogram" in x.columns:
+            return None
         missing = {"timestamp", "latency_ms", "status"} - set(x.columns)
         if missing:
             raise ValueError(
@@ -45,8 +61,8 @@ def start_of(x: WindowInput) -> pd.Timestamp | None:
     samples = as_samples(x)
     if samples is not None:
         return pd.Timestamp(samples["timestamp"].min()) if len(samples) else None
-    series = _hist_series(x)
-    return pd.Timestamp(series.index.min()) if len(series) else None
+    frame = _hist_frame(x)
+    return pd.Timestamp(frame.index.min()) if len(frame) else None
 
 
 def window_table(x: WindowInput, window_s: float, origin: pd.Timestamp) -> pd.DataFrame:
@@ -54,7 +70,7 @@ def window_table(x: WindowInput, window_s: float, origin: pd.Timestamp) -> pd.Da
     samples = as_samples(x)
     if samples is not None:
         return _from_samples(samples, window_s, origin)
-    return _from_histograms(_hist_series(x), window_s, origin)
+    return _from_histograms(_hist_frame(x), window_s, origin)
 
 
 def _from_samples(samples: pd.DataFrame, window_s: float, origin: pd.Timestamp) -> pd.DataFrame:
@@ -92,29 +108,57 @@ def _from_samples(samples: pd.DataFrame, window_s: float, origin: pd.Timestamp) 
     return out
 
 
-def _hist_series(x: Any) -> pd.Series:
-    if isinstance(x, pd.Series):
-        series = x
+def _hist_frame(x: Any) -> pd.DataFrame:
+    """Per-window input as a frame (UTC DatetimeIndex, sorted) with histogram, requests, errors;
+    requests/errors are NaN where the input gave none."""
+    if isinstance(x, pd.DataFrame):
+        frame = x.set_index("time") if "time" in x.columns else x
+        frame = frame.reindex(columns=list(HISTOGRAM_COLUMNS))
+    elif isinstance(x, pd.Series):
+        frame = pd.DataFrame({"histogram": x}).reindex(columns=list(HISTOGRAM_COLUMNS))
     else:
-        pairs = list(x)
-        series = pd.Series([h for _, h in pairs], index=pd.DatetimeIndex([pd.Timestamp(t) for t, _ in pairs]))
-    if len(series) and not all(isinstance(h, Histogram) for h in series):
-        raise ValueError("per-window input must map timestamps to Histogram objects")
-    idx = pd.DatetimeIndex(series.index)
-    series.index = idx.tz_localize("UTC") if idx.tz is None else idx
-    return series.sort_index()
+        rows = list(x)
+        if any(len(r) not in (2, 3) for r in rows):
+            raise ValueError(
+                "per-window input must be (timestamp, Histogram) or (timestamp, Histogram, errors)"
+            )
+        frame = pd.DataFrame(
+            {
+                "histogram": [r[1] for r in rows],
+                "requests": np.nan,
+                "errors": [float(r[2]) if len(r) == 3 else np.nan for r in rows],
+            },
+            index=pd.DatetimeIndex([pd.Timestamp(r[0]) for r in rows]),
+        )
+    if len(frame) and not all(isinstance(h, Histogram) for h in frame["histogram"]):
+        raise ValueError("per-window input must map timestamps to Histogram objects (column 'histogram')")
+    for column in ("requests", "errors"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if (values < 0).any():
+            raise ValueError(f"per-window input: column '{column}' must not be negative")
+        frame = frame.assign(**{column: values})
+    idx = pd.DatetimeIndex(frame.index)
+    frame.index = idx.tz_localize("UTC") if idx.tz is None else idx
+    return frame.sort_index()
 
 
-def _from_histograms(series: pd.Series, window_s: float, origin: pd.Timestamp) -> pd.DataFrame:
-    if len(series) == 0:
+def _from_histograms(frame: pd.DataFrame, window_s: float, origin: pd.Timestamp) -> pd.DataFrame:
+    if len(frame) == 0:
         return pd.DataFrame(columns=STAT_COLUMNS, dtype=float)
     from workbench.metrics.histogram import merge
 
-    w = ((series.index - origin).total_seconds() // window_s).astype(int)
+    w = ((frame.index - origin).total_seconds() // window_s).astype(int)
     rows = {}
-    for window, group in series.groupby(w):
-        h = merge(*group.tolist()) if len(group) > 1 else group.iloc[0]
-        row = {"count": float(h.count), "errors": 0.0, "mean": float(h.mean)}
+    for window, group in frame.groupby(w):
+        hists = group["histogram"].tolist()
+        h = merge(*hists) if len(hists) > 1 else hists[0]
+        requests = group["requests"]
+        # count: the requests counter where given (it also sees requests the histogram missed)
+        count = float(requests.fillna(pd.Series([x.count for x in hists], index=group.index)).sum())
+        errors = float(group["errors"].fillna(0.0).sum())
+        if errors > count:
+            raise ValueError(f"per-window input: window at {group.index[0]} has more errors than requests")
+        row = {"count": count, "errors": errors, "mean": float(h.mean) if h.count else np.nan}
         row.update(
             {name: float(h.quantile(q)) if h.count else np.nan for name, q in QUANTILE_METRICS.items()}
         )

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from workbench.backends.base import BackendError, Split
+from workbench.backends.base import BackendError, Split, TrafficState, full_split
 from workbench.backends.kubernetes.apply import Resource, Writer
 from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
 
@@ -25,19 +25,6 @@ LABELS = {"app.kubernetes.io/managed-by": "mesh-workbench"}
 
 class Unsupported(BackendError):
     """The mesh (or this API of it) has no way to express the requested traffic feature."""
-
-
-@dataclass
-class TrafficState:
-    """Everything the workbench sets for calls to one service."""
-
-    split: dict[str, int]
-    route: Route | None = None
-    route_version: str | None = None
-    fault: Fault | None = None
-    retries: Retries | None = None
-    timeout_s: float | None = None
-    breaker: CircuitBreaker | None = None
 
 
 @dataclass
@@ -65,15 +52,7 @@ class MeshAdapter:
 
     def set_split(self, service: str, split: Split) -> list[dict[str, Any]]:
         """Percentage weights per version (missing versions get 0); returns the applied manifests."""
-        versions = self._versions(service)
-        unknown = [v for v in split if v not in versions]
-        if unknown:
-            raise BackendError(
-                f"{service} has no version {', '.join(unknown)} (versions: {', '.join(versions)})"
-            )
-        full = {v: int(split.get(v, 0)) for v in versions}
-        if any(w < 0 or w > 100 for w in full.values()) or sum(full.values()) != 100:
-            raise BackendError(f"split for {service} must be weights 0-100 summing to 100 (got {split})")
+        full = full_split(service, self._versions(service), split)
         self._state(service).split = full
         return self._apply_traffic(service)
 

@@ -4,9 +4,12 @@ Traffic operations go to the mesh adapter (istio.py, linkerd.py, consul.py, gate
 by the ``mesh`` setting or, with ``auto``, by what ``Cluster.detect_mesh`` finds; adapter classes are
 imported by name on first use, so a missing mesh's module costs nothing. Every change is recorded
 in ``changes`` like the local mesh's (time, action, target, before, after) plus the exact writes
-(``WriteRecord``s). ``dry_run=True`` sends no write: each operation returns the manifests it would
+(``WriteRecord``s); every applied change also goes to the audit log (``audit``; not a dry run's), and
+``from_settings`` records the Deployment revisions that changed since the log last saw them
+(``cluster.observe_releases``). ``dry_run=True`` sends no write: each operation returns the manifests it would
 apply, and leaves the adapter's remembered state as it was. Load runs in the cluster as a k6 Job
-(loadjob.py), aimed at the Service's in-cluster DNS name.
+(loadjob.py), aimed at the Service's in-cluster DNS name. ``observe`` reads what the versions' real
+traffic did from the cluster's Prometheus in the mesh's telemetry dialect (the ``Observer`` seam).
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from workbench.audit import AuditLog
 from workbench.backends.base import BackendError, LoadTarget, Service, Split
 from workbench.backends.kubernetes.apply import WriteRecord
-from workbench.backends.kubernetes.cluster import Cluster
+from workbench.backends.kubernetes.cluster import Cluster, observe_releases
 from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
 from workbench.load.results import LoadProfile, LoadResult
 
@@ -32,6 +38,10 @@ ADAPTERS = {
     "consul": "workbench.backends.kubernetes.consul.ConsulAdapter",
     "gateway-api": "workbench.backends.kubernetes.gateway_api.GatewayAPIAdapter",
 }
+# mesh -> telemetry dialect of its Prometheus (metrics/dialects.py); gateway-api has none of its own
+DIALECT_OF = {"istio": "istio", "linkerd": "linkerd", "consul": "consul"}
+# dialect -> the label naming the destination's Kubernetes namespace (consul's are Consul namespaces)
+NAMESPACE_LABEL = {"istio": "destination_service_namespace", "linkerd": "namespace"}
 PORT_FORWARD = {
     "istio": "kubectl -n istio-system port-forward svc/prometheus 9090:9090",
     "linkerd": "kubectl -n linkerd-viz port-forward svc/prometheus 9090:9090",
@@ -59,6 +69,8 @@ class KubernetesBackend:
         mesh: str = "auto",
         prometheus_url: str | None = None,
         on_change: Callable[[dict[str, Any]], None] | None = None,
+        dialect: str | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         if mesh not in ("auto", *ADAPTERS):
             raise BackendError(f"mesh must be auto or one of {', '.join(ADAPTERS)} (got {mesh!r})")
@@ -66,7 +78,12 @@ class KubernetesBackend:
         self.namespace = cluster.namespace
         self.mesh_setting = mesh
         self._prometheus_url = prometheus_url
+        self.dialect_setting = dialect
         self.on_change = on_change
+        context = {"type": "kubernetes", "context": cluster.context, "namespace": cluster.namespace}
+        self.audit = audit or AuditLog(backend=context)
+        if not self.audit.backend:  # a log given without a backend: entries still say which cluster
+            self.audit.backend = context
         self.changes: list[dict[str, Any]] = []
         self._mesh: str | None = None if mesh == "auto" else mesh
         self._adapter: Any = None
@@ -74,12 +91,24 @@ class KubernetesBackend:
 
     @classmethod
     def from_settings(
-        cls, settings: Any, dry_run: bool = False, kubeconfig: str | Path | None = None, **options: Any
+        cls,
+        settings: Any,
+        dry_run: bool = False,
+        kubeconfig: str | Path | None = None,
+        record_releases: bool = True,
+        **options: Any,
     ) -> KubernetesBackend:
-        """From experiments.yaml's ``backend:`` settings: context, namespace, prometheus_url, mesh."""
+        """From experiments.yaml's ``backend:`` settings: context, namespace, prometheus_url, mesh.
+
+        ``record_releases``: audit the releases (Deployment revision changes) made since the log's last look.
+        """
         cluster = Cluster.connect(settings.context, settings.namespace, kubeconfig, dry_run=dry_run)
         url = str(settings.prometheus_url) if settings.prometheus_url else None
-        return cls(cluster, mesh=settings.mesh, prometheus_url=url, **options)
+        options.setdefault("dialect", getattr(settings, "dialect", None))
+        backend = cls(cluster, mesh=settings.mesh, prometheus_url=url, **options)
+        if record_releases:
+            observe_releases(cluster, backend.audit, strict=False)
+        return backend
 
     def __repr__(self) -> str:
         return f"KubernetesBackend({self.cluster!r}, mesh={self.mesh_setting!r}, dry_run={self.dry_run})"
@@ -115,7 +144,11 @@ class KubernetesBackend:
         """The MeshAdapter for ``mesh`` over this namespace (built on first use)."""
         if self._adapter is None:
             adapter_cls = load_class(ADAPTERS[self.mesh])
-            self._adapter = adapter_cls(self.cluster.writer, self.namespace, self.cluster.versions())
+            versions = self.cluster.versions()
+            options: dict[str, Any] = {}
+            if "ports" in {f.name for f in dataclasses.fields(adapter_cls)}:  # HTTPRoute backendRefs
+                options["ports"] = {s: self.cluster.service_port(s) for s in versions}
+            self._adapter = adapter_cls(self.cluster.writer, self.namespace, versions, **options)
         return self._adapter
 
     def refresh(self) -> None:
@@ -201,6 +234,42 @@ class KubernetesBackend:
             "and set prometheus_url: http://127.0.0.1:9090 in experiments.yaml"
         )
 
+    @property
+    def dialect(self) -> str:
+        """The telemetry dialect of ``prometheus_url``: backend.dialect, else the mesh's own."""
+        if self.dialect_setting:
+            return self.dialect_setting
+        if self.mesh not in DIALECT_OF:
+            raise BackendError(
+                f"backend.dialect is not set: mesh {self.mesh} has no telemetry of its own to read from "
+                "Prometheus; set backend.dialect to the metrics your data plane exports (istio, linkerd, "
+                "consul or envoy)"
+            )
+        return DIALECT_OF[self.mesh]
+
+    def observe(
+        self,
+        service: str,
+        versions: Sequence[str],
+        start: float | datetime,
+        end: float | datetime,
+        window_s: float,
+    ) -> dict[str, pd.DataFrame]:
+        """Per-window requests, errors and latency histogram of each version of ``service`` between
+        ``start`` and ``end``, read from ``prometheus_url`` in ``dialect`` (inbound view: what each
+        version's own sidecar saw, in this namespace). Only whole windows, aligned to multiples of
+        ``window_s`` (whole seconds, at least Prometheus' scrape interval); a version with no traffic
+        gets an empty frame."""
+        from workbench.metrics import dialects
+
+        if not float(window_s).is_integer() or window_s < 1:
+            raise BackendError(f"window must be whole seconds >= 1 to read Prometheus (got {window_s:g})")
+        dialect = self.dialect
+        label = NAMESPACE_LABEL.get(dialect)
+        matchers = f'{label}="{self.namespace}"' if label else ""
+        frame = dialects.windows(self.prometheus_url(), dialect, start, end, int(window_s), matchers=matchers)
+        return {v: dialects.arm_windows(frame, destination=service, version=v) for v in versions}
+
     def load_target(self, service: str) -> LoadTarget:
         """The Service's in-cluster URL, http://<svc>.<ns>.svc.cluster.local:<port> (k6 runs in a pod)."""
         port = self.cluster.service_port(service)
@@ -253,6 +322,8 @@ class KubernetesBackend:
             "writes": [r.to_json() for r in self.records[first:]],
         }
         self.changes.append(entry)
+        if not self.dry_run:
+            self.audit.record(action, target, before, after, writes=len(entry["writes"]), mesh=self._mesh)
         if self.on_change is not None:
             self.on_change(entry)
         return list(out or [])

@@ -13,6 +13,8 @@ Credentials stay inside the ApiClient's configuration: no repr, log line or erro
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -468,7 +470,10 @@ class Cluster:
         return {s.name: list(s.versions) for s in self.services(namespace) if s.versions}
 
     def services(self, namespace: str | None = None) -> list[Service]:
-        """The namespace's Services that select an app, with the app's versions (may be empty)."""
+        """The namespace's Services that select an app, with the app's versions (may be empty).
+
+        Per-version Services (``<service>-<version>``, selecting a version label too: the backends of
+        Gateway API / Linkerd HTTPRoutes) address one version of a service, not a service: left out."""
         ns = namespace or self.namespace
         by_app: dict[str, set[str]] = {}
         for d in self.writer.list(DEPLOYMENTS, ns):
@@ -480,8 +485,9 @@ class Cluster:
         out = []
         for s in self.writer.list(SERVICES, ns):
             meta, spec, _ = _parts(s)
-            app = _first(spec.get("selector") or {}, APP_LABELS)
-            if app:
+            selector = spec.get("selector") or {}
+            app = _first(selector, APP_LABELS)
+            if app and not _first(selector, VERSION_LABELS):
                 out.append(Service(meta.get("name", ""), tuple(sorted(by_app.get(app, ()), key=_natural))))
         return sorted(out, key=lambda s: s.name)
 
@@ -638,3 +644,53 @@ def _namespace_wide(items: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _pa_mode(pa: Mapping[str, Any]) -> str:
     mode = str((((pa.get("spec") or {}).get("mtls") or {}).get("mode")) or "").upper()
     return "" if mode in ("", "UNSET") else mode
+
+
+# ---------------------------------------------------------------------------------------------
+# Releases observed
+
+
+def observe_releases(cluster: Cluster, log: Any, strict: bool = True) -> list[dict[str, Any]]:
+    """Record ``release_observed`` for each Deployment whose revision, version or images changed since
+    the audit log last saw it in this context and namespace (and ``after: null`` for one that is gone).
+
+    Returns the entries written. ``strict=False``: a cluster that cannot be read is skipped with a
+    warning (observing releases must not stop an experiment).
+    """
+    try:
+        current = cluster.deployments()
+    except KubernetesError as exc:
+        if strict:
+            raise
+        log_warning(f"releases not observed: {exc}")
+        return []
+    backend = {"type": "kubernetes", "context": cluster.context, "namespace": cluster.namespace}
+    last: dict[str, dict[str, Any] | None] = {}
+    for entry in log.entries(action="release_observed"):
+        b, d = entry.get("backend") or {}, entry.get("details") or {}
+        here = (b.get("context"), b.get("namespace")) == (cluster.context, cluster.namespace)
+        if here and d.get("deployment"):
+            last[d["deployment"]] = entry.get("after")
+    written = []
+    seen = set()
+    for row in current.to_dict("records"):
+        name = row["name"]
+        seen.add(name)
+        rev = row["revision"]
+        rev = int(rev) if isinstance(rev, int | float) and not math.isnan(rev) else None  # NaN in pandas
+        now = {"version": row["version"] or name, "revision": rev, "images": list(row["images"])}
+        if last.get(name) != now:
+            app = row["app"] or name
+            written.append(log.record("release_observed", app, last.get(name), now, backend=backend,
+                                      deployment=name, namespace=cluster.namespace))  # fmt: skip
+    for name, after in last.items():
+        if name not in seen and after is not None:
+            app = next((e["target"] for e in reversed(log.entries(action="release_observed"))
+                        if (e.get("details") or {}).get("deployment") == name), name)  # fmt: skip
+            written.append(log.record("release_observed", app, after, None, backend=backend, deployment=name,
+                                      namespace=cluster.namespace, reason="deployment removed"))  # fmt: skip
+    return written
+
+
+def log_warning(text: str) -> None:
+    logging.getLogger("workbench.kubernetes").warning(text)

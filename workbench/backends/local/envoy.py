@@ -24,9 +24,10 @@ from typing import Any
 
 import yaml
 
+from workbench.backends.base import TrafficState
 from workbench.backends.local.app import CALLER_HEADER
 from workbench.backends.local.certs import CertFiles, spiffe_id
-from workbench.config import CircuitBreaker, Fault, Policy, PolicyRule, Retries, Route
+from workbench.config import CircuitBreaker, Fault, Policy, PolicyRule, Route
 
 T = "type.googleapis.com/"
 HCM = T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -92,20 +93,15 @@ class EnvoyConfigError(RuntimeError):
 
 
 @dataclass
-class TrafficPolicy:
-    """Everything an outbound sidecar applies to calls to one service."""
+class TrafficPolicy(TrafficState):
+    """Everything the sidecars apply to calls to one service, plus where a fault is injected.
 
-    split: dict[str, int]
-    route: Route | None = None
-    route_version: str | None = None
-    fault: Fault | None = None
-    # Where the fault is injected: "client" = the callers' outbound sidecars (Istio's place: the
-    # callers' own retries/timeouts never see it); "server" = the service's inbound sidecars, so it
-    # looks like the service failing and the callers' retries, timeouts and breakers act on it.
+    ``fault_at``: "client" = the callers' outbound sidecars (Istio's place: the callers' own
+    retries/timeouts never see it); "server" = the service's inbound sidecars, so it looks like the
+    service failing and the callers' retries, timeouts and breakers act on it.
+    """
+
     fault_at: str = "client"
-    retries: Retries | None = None
-    timeout_s: float | None = None
-    breaker: CircuitBreaker | None = None
 
 
 @dataclass

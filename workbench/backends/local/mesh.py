@@ -28,7 +28,8 @@ from typing import Any
 import psutil
 import requests
 
-from workbench.backends.base import BackendError, LoadTarget, Service, Split
+from workbench.audit import ACTIONS, AuditLog
+from workbench.backends.base import BackendError, LoadTarget, Service, Split, full_split
 from workbench.backends.local import envoy as ev
 from workbench.backends.local import prometheus as prom
 from workbench.backends.local.app import CALLER_HEADER
@@ -87,6 +88,7 @@ class LocalMesh:
         detached: bool = False,
         ready_timeout: float = 30.0,
         wait_for_metrics: bool = True,
+        audit_log: str | Path | None = None,
     ):
         self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.mode: Mode = mode
@@ -108,6 +110,10 @@ class LocalMesh:
             s: dict(spec.versions) for s, spec in self.topology.services.items()
         }
         self.changes: list[dict[str, Any]] = []  # every traffic/behaviour change, with its time
+        # ... also appended to the audit log (default: $WORKBENCH_AUDIT_LOG or ~/.local/share/...)
+        self.audit = AuditLog(
+            audit_log, backend={"type": "local", "context": str(self.run_dir), "mode": mode}
+        )
         self.certs: dict[str, Any] | None = None
         self._envoy = _envoy_binary()
         self._lock = threading.RLock()
@@ -173,6 +179,10 @@ class LocalMesh:
         stats_argv = [py, "-m", "workbench.backends.local.procstats", str(self.run_dir / "pids.json"),
                       str(layout.procstats_port)]  # fmt: skip
         stats = self.supervisor.start("procstats", stats_argv, labels={"kind": "procstats"})
+        # the run dir with a trailing separator names this mesh's entries and lets kill_stragglers find it
+        audit_argv = [py, "-m", "workbench.audit_exporter", str(self.audit.path), str(layout.audit_port),
+                      "--backend-context", f"{self.run_dir}{os.sep}"]  # fmt: skip
+        audit = self.supervisor.start("audit exporter", audit_argv, labels={"kind": "audit"})
         for proc, app in zip(apps, (a for vs in layout.apps.values() for a in vs.values()), strict=True):
             wait_ready(
                 proc, http_ok(f"http://127.0.0.1:{app.port}/healthz"), self.ready_timeout, self.supervisor
@@ -183,12 +193,18 @@ class LocalMesh:
             )
         wait_ready(stats, http_ok(f"http://127.0.0.1:{layout.procstats_port}/metrics"), self.ready_timeout,
                    self.supervisor)  # fmt: skip
+        wait_ready(audit, http_ok(f"http://127.0.0.1:{layout.audit_port}/metrics"), self.ready_timeout,
+                   self.supervisor)  # fmt: skip
         wait_ready(
             prom_proc, http_ok(f"{self.prometheus_url()}/-/ready"), self.ready_timeout, self.supervisor
         )
         if self.wait_for_metrics:
             self._wait_scraped(len(targets))
         self._record("mesh started", "mesh", None, {"mode": self.mode})
+        for service, versions in self.behaviours.items():  # the releases this mesh runs
+            for version, behaviour in versions.items():
+                after = {"version": version, "behaviour": behaviour.model_dump()}
+                self.audit.record("release_observed", service, None, after)
         self.save_state()
         return self
 
@@ -239,15 +255,7 @@ class LocalMesh:
         self._sync()
         self._need_outbound("traffic splits")
         policy = self._policy(service)
-        versions = list(self.topology.services[service].versions)
-        unknown = [v for v in split if v not in versions]
-        if unknown:
-            raise BackendError(
-                f"{service} has no version {', '.join(unknown)} (versions: {', '.join(versions)})"
-            )
-        full = {v: int(split.get(v, 0)) for v in versions}
-        if any(w < 0 or w > 100 for w in full.values()) or sum(full.values()) != 100:
-            raise BackendError(f"split for {service} must be weights 0-100 summing to 100 (got {split})")
+        full = full_split(service, list(self.topology.services[service].versions), split)
         before = dict(policy.split)
         with self._lock:
             policy.split = full
@@ -435,6 +443,7 @@ class LocalMesh:
             "processes": [p.to_state() for p in self.supervisor.procs],
             "started": datetime.now(UTC).isoformat(),
             "prometheus_url": self.prometheus_url(),
+            "audit_log": str(self.audit.path),
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -452,7 +461,8 @@ class LocalMesh:
                 f"no local mesh state in {run_dir}: start one with 'workbench local up'"
             ) from None
         layout = Layout.from_state(state["layout"])
-        mesh = cls(mode=layout.mode, topology=Topology(**state["topology"]), run_dir=run_dir, detached=True)
+        mesh = cls(mode=layout.mode, topology=Topology(**state["topology"]), run_dir=run_dir, detached=True,
+                   audit_log=state.get("audit_log"))  # fmt: skip
         mesh.layout = layout
         for proc in state["processes"]:
             mesh.supervisor.adopt(proc)
@@ -576,6 +586,8 @@ class LocalMesh:
             for v, app in vs.items()
         ]
         targets.append(prom.ScrapeTarget("process", layout.procstats_port, {"mesh_mode": self.mode}))
+        if layout.audit_port:
+            targets.append(prom.ScrapeTarget("audit", layout.audit_port, {"mesh_mode": self.mode}))
         for sc in layout.sidecars:
             labels = {
                 "service": sc.service,
@@ -626,6 +638,7 @@ class LocalMesh:
         path.write_text(json.dumps([p.to_state() for p in self.supervisor.procs]))
 
     def _record(self, action: str, target: str, before: Any, after: Any) -> None:
+        """Remember a change (``changes``, the saved state) and append it to the audit log."""
         self.changes.append(
             {
                 "time": datetime.now(UTC).isoformat(),
@@ -637,6 +650,8 @@ class LocalMesh:
         )
         if self.detached and self.layout is not None and (self.run_dir / "state.json").exists():
             self.save_state()
+        if action in ACTIONS:  # "mesh started" is not a change to traffic: the release entries say it
+            self.audit.record(action, target, before, after)
 
 
 def _labels(sc: ev.Sidecar) -> dict[str, str]:
