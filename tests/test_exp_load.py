@@ -43,7 +43,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(config: Path, name: str, run_dir: Path, module: object, replay: bool = False) -> ExperimentResult:
-    s = open_session(config, name, run_dir=run_dir, quick=True, replay=replay)
+    s = open_session(config, name, run_dir=run_dir, replay=replay)  # the suite's specs are short already
     try:
         return s.execute(module)  # type: ignore[arg-type]
     finally:
@@ -113,7 +113,7 @@ def test_loadtest_replay_and_notebook_reuse_the_stored_points(
     before = {p.name: p.stat().st_mtime_ns for p in points.iterdir()}
     _same(result, _run(suite, "lt", run_dir, loadtest, replay=True))
     text, figures = _notebook("loadtest", tmp_path / "lt.ipynb", config_file=str(suite), experiment="lt",
-                              run_dir=str(run_dir), quick=True, replay=True)  # fmt: skip
+                              run_dir=str(run_dir), quick=False, replay=True)  # fmt: skip
     assert f"**{result.verdict}**" in text and result.headline in text and figures == 3
     assert {p.name: p.stat().st_mtime_ns for p in points.iterdir()} == before  # no load was run
 

@@ -201,3 +201,10 @@ def test_summary_and_junit_describe_the_run(quick_run: Run) -> None:
     assert "catalog-v2-ab" in failures and not any(n.startswith("reviews-aa") for n in failures)
     worse = [n for n in failures if n.startswith("catalog-v2-ab: ")]
     assert worse and all("beyond the" in (cases[n].find("failure").text or "") for n in worse)
+
+
+def test_time_series_figures_mark_the_audit_events_of_the_run(quick_run: Run) -> None:
+    ab_html = (quick_run.reports / quick_run.run_id / "catalog-v2-ab.html").read_text()
+    assert "split catalog: v1:100 v2:0 \\u2192 v1:50 v2:50" in ab_html
+    canary_html = (quick_run.reports / quick_run.run_id / "reviews-canary.html").read_text()
+    assert "split reviews: v1:100 v2:0 v3:0 \\u2192 v1:90 v2:0 v3:10" in canary_html

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from workbench.experiments.session import VERDICT_SEVERITY, ExperimentResult, Session, metric_checks
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult
-from workbench.plots import COLOURS, interval_chart, latency_cdf, styled
+from workbench.plots import COLOURS, add_markers, interval_chart, latency_cdf, styled
 from workbench.stats.compare import Comparison, compare
 
 SEVERITY = VERDICT_SEVERITY
@@ -64,14 +64,16 @@ def run(s: Session) -> None:
         mesh.set_split(spec.service, {base: 100})
     if hasattr(mesh, "direct_target"):
         s.progress(f"measuring {base} and {cand} directly, without sidecars (ground truth)")
-        storage.save(_direct(mesh, spec, s.seed), s.store, "direct")
+        # a smoke run measures the truth for half as long: p50 is still pinned to ~0.1 ms
+        duration = max(5.0, spec.duration / 2) if s.quick else spec.duration
+        storage.save(_direct(mesh, spec, s.seed, duration), s.store, "direct")
 
 
-def _direct(mesh: Any, spec: Any, seed: int | None) -> LoadResult:
+def _direct(mesh: Any, spec: Any, seed: int | None, duration_s: float) -> LoadResult:
     from workbench.load.k6 import run_k6
 
     target = mesh.direct_target(spec.service, [spec.variants.baseline, spec.variants.candidate])
-    plain = LoadProfile(rps=spec.rps, connections=spec.connections, duration_s=spec.duration,
+    plain = LoadProfile(rps=spec.rps, connections=spec.connections, duration_s=duration_s,
                         warmup_s=spec.warmup, path=spec.path, seed=seed)  # fmt: skip
     work = tempfile.mkdtemp(prefix="k6-direct-")
     try:
@@ -125,10 +127,21 @@ def analyse(s: Session) -> ExperimentResult:
     tables = {"comparison": frame, "percentiles": _percentiles(arms, (base, cand))}
     if truth is not None:
         tables["truth"] = truth
+    details = {"comparison": comp, "arms": {base: arms[base], cand: arms[cand]}, "audit": _audit(s, res)}
     return ExperimentResult(
         spec.name, "ab", comp.verdict, SEVERITY[comp.verdict], headline, figures, tables,  # type: ignore[arg-type]
-        {"comparison": comp, "arms": {base: arms[base], cand: arms[cand]}}, metric_checks(comp),
+        details, metric_checks(comp),
     )  # fmt: skip
+
+
+def _audit(s: Session, res: LoadResult) -> dict[str, Any]:
+    """The audit events of this run around the load (its split or route change first), for markers."""
+    from workbench.audit import markers_for_run
+
+    t = res.samples["timestamp"]
+    start, end = t.min() - pd.Timedelta(seconds=30), t.max() + pd.Timedelta(seconds=1)
+    events = markers_for_run(s.run_id, start.to_pydatetime(), end.to_pydatetime(), [s.spec.service])
+    return {"origin": t.min(), "events": events}
 
 
 def _truth(s: Session, frame: pd.DataFrame) -> pd.DataFrame | None:
@@ -186,6 +199,9 @@ def figures(result: ExperimentResult) -> dict[str, go.Figure]:
         )
         fig.add_trace(go.Scatter(x=t, y=w["p99"], mode="lines", name=f"{name} p99",
                                  line={"color": colour, "dash": "dot"}))  # fmt: skip
+    audit = result.details.get("audit") or {}
+    if audit.get("events"):  # what changed traffic, on the same clock (window 0 starts with the load)
+        add_markers(fig, audit["events"], origin=pd.Timestamp(audit["origin"]))
     gap = float((wb["p50"] - wa["p50"]).median()) if len(wa) and len(wb) else float("nan")
     out["windows"] = styled(
         fig, f"p50 and p99 per {comp.window_s:g} s window",

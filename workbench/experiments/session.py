@@ -38,8 +38,8 @@ Severity = Literal["ok", "inconclusive", "worse", "error"]
 RESULT_FILE = "result.json"
 PROGRESS_ENV = "WORKBENCH_PROGRESS_FILE"  # the runner tails this file to show progress
 
-QUICK_MIN_DURATION_S = 3.0
-QUICK_MIN_BY_KIND = {"ab": 10.0}  # a known +2 ms must still be seen: enough windows of enough requests
+QUICK_MIN_DURATION_S = 2.0
+QUICK_MIN_BY_KIND = {"ab": 10.0, "mesh_compare": 4.0}  # enough windows of enough requests to judge
 VERDICT_SEVERITY: dict[str, Severity] = {"worse": "worse", "inconclusive": "inconclusive", "better": "ok",
                                          "equivalent": "ok"}  # fmt: skip
 
@@ -326,8 +326,8 @@ def open_session(
 def quick_spec(spec: Any) -> Any:
     """The same experiment, shortened for a smoke run (``--quick``).
 
-    A fifth of each duration (at least 3 s; an A/B 10 s), warm-up at most 1 s, windows short
-    enough for >= 4 per phase, sweeps cut to their first and last values, the minimum number of
+    A fifth of each duration (at least 2 s; an A/B 10 s, a mesh comparison 4 s), warm-up at most
+    1 s, windows short enough for >= 4 per phase, sweeps cut to their first and last values, two
     trials; a mesh comparison keeps its baseline and its last mode at its first connection count.
     """
     spec = spec.model_copy(deep=True)
