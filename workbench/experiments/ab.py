@@ -64,9 +64,8 @@ def run(s: Session) -> None:
         mesh.set_split(spec.service, {base: 100})
     if hasattr(mesh, "direct_target"):
         s.progress(f"measuring {base} and {cand} directly, without sidecars (ground truth)")
-        # a smoke run measures the truth for half as long: p50 is still pinned to ~0.1 ms
-        duration = max(5.0, spec.duration / 2) if s.quick else spec.duration
-        storage.save(_direct(mesh, spec, s.seed, duration), s.store, "direct")
+        # as long as the A/B: the truth is judged with the same windows, so it needs as many
+        storage.save(_direct(mesh, spec, s.seed, spec.duration), s.store, "direct")
 
 
 def _direct(mesh: Any, spec: Any, seed: int | None, duration_s: float) -> LoadResult:
