@@ -125,6 +125,10 @@ def test_aa_is_not_worse(quick_run: Run) -> None:
     r = quick_run.result("reviews-aa")
     assert r["verdict"] in ("equivalent", "inconclusive", "better"), r["headline"]
     assert r["severity"] != "worse"
+    # ground_truth: false — no sidecar-free measurement was run or reported
+    assert not (quick_run.data / "reviews-aa" / "direct.json").exists()
+    assert "direct_delta_p50" not in r["figures"]
+    assert (quick_run.data / "catalog-v2-ab" / "direct.json").exists()
 
 
 def test_every_report_is_self_contained_html_with_titled_figures(quick_run: Run) -> None:

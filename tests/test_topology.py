@@ -18,7 +18,7 @@ from workbench.backends.local import LocalMesh
 from workbench.experiments import NOTEBOOKS
 from workbench.experiments.topology import frame_from_json
 from workbench.load.results import LoadProfile
-from workbench.localize import AccessLogTail, hops, localize, telemetry_windows
+from workbench.localize import LOG_COLUMNS, AccessLogTail, hops, localize, telemetry_windows
 from workbench.topology import ServiceGraph
 
 SAMPLE = REPO / "data" / "sample" / "topology"
@@ -200,23 +200,7 @@ def test_self_time_subtracts_the_slowest_concurrent_call() -> None:
             "a",
         ),
     ]
-    logs = pd.DataFrame(
-        rows,
-        columns=[
-            "sidecar",
-            "service",
-            "version",
-            "direction",
-            "start",
-            "duration_ms",
-            "status",
-            "flags",
-            "destination",
-            "dest_version",
-            "caller",
-            "request_id",
-        ],
-    )
+    logs = pd.DataFrame(rows, columns=LOG_COLUMNS)
     h = hops(logs).set_index("service")
     assert h.loc["frontend", "self_ms"] == pytest.approx(4.0)
     assert h.loc["catalog", "self_ms"] == pytest.approx(4.5)

@@ -164,7 +164,8 @@ class Scrubber:
 
     def __init__(self, secrets: Iterable[str]):
         self.secrets = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
-        self._url_password = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
+        # "://user:password@": the scheme before it stays as it is; a literal start keeps it fast
+        self._url_password = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Scrubber:
@@ -176,7 +177,7 @@ class Scrubber:
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
-        return self._url_password.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+        return self._url_password.sub(f"://{REDACTED}@", text)
 
     def file(self, path: Path) -> bool:
         """Scrub a file in place; True when something was replaced."""

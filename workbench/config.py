@@ -379,6 +379,9 @@ class AB(_Loaded):
     rps: Rps = 200.0
     connections: Connections = 16
     metrics: Annotated[list[Metric], Field(min_length=1)] = ["p50", "p90", "p99", "error_rate"]
+    # local mesh: then measure both versions' apps without sidecars, as long as the A/B — the
+    # difference its interval should cover (a check of the method on a known effect)
+    ground_truth: bool = True
 
     @model_validator(mode="after")
     def _how(self) -> AB:
@@ -398,7 +401,7 @@ class AB(_Loaded):
         return f"{v.baseline} vs {v.candidate}, {how}, {_nums([self.rps])} rps, {', '.join(self.metrics)}"
 
     def planned_seconds(self) -> float:
-        return (self.duration or 0) + (self.warmup or 0)
+        return (self.duration or 0) * (2 if self.ground_truth else 1) + (self.warmup or 0)
 
 
 class Canary(_Loaded):

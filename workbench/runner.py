@@ -37,6 +37,7 @@ from workbench.experiments.session import (
     quick_spec,
     read_result,
 )
+from workbench.kernel import SuiteKernel
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 RUN_FILE = "run.json"
@@ -104,7 +105,14 @@ def run_suite(
     total = len(selected)
     echo(f"run {run_id}: {total} experiment(s) of {config_file.name}{' (quick)' if quick else ''}")
     try:
-        with guard.installed(), env_var(SEED_ENV, str(seed)), ExitStack() as stack:
+        with (
+            guard.installed(),
+            env_var(SEED_ENV, str(seed)),
+            env_var(ENV_RUN_ID, run_id),  # the kernel's audit entries carry the run id
+            progress_file(data_dir / "progress.log"),
+            ExitStack() as stack,
+        ):
+            kernel = stack.enter_context(SuiteKernel(NOTEBOOK_DIR))  # boots while the mesh starts
             try:
                 state = stack.enter_context(_shared_mesh(cfg, selected, mesh_state, echo))
             except Exception as exc:  # any start failure leaves every experiment unrunnable
@@ -118,7 +126,9 @@ def run_suite(
                     continue
                 echo(f"[{i}/{total}] {spec.name} ({spec.kind}) ...")
                 started = time.monotonic()
-                result = _run_one(cfg, spec, config_file, data_dir, reports / run_id, quick, state, echo)
+                result = _run_one(
+                    cfg, spec, config_file, data_dir, reports / run_id, quick, state, echo, kernel
+                )
                 result.setdefault("duration_s", round(time.monotonic() - started, 1))
                 outcome.results.append(result)
                 tail = f" - {result['headline']}" if result.get("status") != "ok" else ""
@@ -188,22 +198,30 @@ def rerender(run_id: str, reports: str | Path = "reports", data_root: str | Path
         config_file.write_text(run["config_text"], encoding="utf-8")
     cfg = cfgmod.load(config_file)
     outcome = RunOutcome(run_id, data_dir, reports / run_id / "index.html")
+    with SuiteKernel(NOTEBOOK_DIR) as kernel:
+        _rerender_each(cfg, run, config_file, data_dir, reports / run_id, kernel, outcome, echo)
+    _finish(reports, data_dir, run, outcome.results, run.get("fail_on", "worse"))
+    return outcome
+
+
+def _rerender_each(
+    cfg: cfgmod.Config, run: dict[str, Any], config_file: Path, data_dir: Path, out_dir: Path,
+    kernel: SuiteKernel, outcome: RunOutcome, echo: Echo,
+) -> None:  # fmt: skip
     for name in run["experiments"]:
         spec = cfg.get(name)
         stored = read_result(data_dir / name)
         if stored is not None and stored.get("status") == "ok":
             echo(f"{name}: re-analysing stored data")
-            result = _run_one(cfg, spec, config_file, data_dir, reports / run_id, run["quick"], None, echo,
+            result = _run_one(cfg, spec, config_file, data_dir, out_dir, run["quick"], None, echo, kernel,
                               replay=True)  # fmt: skip
         else:
             result = stored or _not_run(spec, "no stored result")
             nb = data_dir / f"{name}.ipynb"
             if nb.exists():
-                report.render_html(nb, reports / run_id / f"{name}.html", name)
+                report.render_html(nb, out_dir / f"{name}.html", name)
                 result["report"] = f"{name}.html"
         outcome.results.append(result)
-    _finish(reports, data_dir, run, outcome.results, run.get("fail_on", "worse"))
-    return outcome
 
 
 def select_experiments(cfg: cfgmod.Config, only: Sequence[str]) -> list[Any]:
@@ -216,7 +234,7 @@ def select_experiments(cfg: cfgmod.Config, only: Sequence[str]) -> list[Any]:
 
 def _run_one(
     cfg: cfgmod.Config, spec: Any, config_file: Path, data_dir: Path, out_dir: Path, quick: bool,
-    mesh_state: Path | None, echo: Echo, replay: bool = False,
+    mesh_state: Path | None, echo: Echo, kernel: SuiteKernel, replay: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     import papermill as pm
 
@@ -237,16 +255,11 @@ def _run_one(
     log = None if replay else AuditLog(backend=_audit_backend(cfg, mesh_state))
     if log is not None:
         _audit(log, echo, "experiment_start", spec.name, run_id=run_id, kind=spec.kind, quick=quick)
-    with (
-        progress_file(data_dir / "progress.log") as progress,
-        _tail(progress, echo),
-        env_var(ENV_RUN_ID, run_id),
-    ):  # the kernel's audit entries carry the run id
+    with _tail(data_dir / "progress.log", echo):  # the kernel writes there (run_suite's progress_file)
         try:
             pm.execute_notebook(
                 str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(executed), parameters=params,
-                cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3",
-                kernel_manager_class=_ipc_kernel_manager(),
+                cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3", **kernel.for_notebook(),
             )  # fmt: skip
         except pm.PapermillExecutionError as exc:
             reason = f"{exc.ename}: {exc.evalue}"
@@ -281,19 +294,6 @@ def _audit(log: AuditLog, echo: Echo, action: str, target: str, **details: Any) 
         log.record(action, target, **details)
     except (AuditError, OSError) as exc:
         echo(f"    warning: not recorded in the audit log: {exc}")
-
-
-def _ipc_kernel_manager() -> type:
-    """Kernels that talk over Unix sockets: no unencrypted loopback TCP ports, no port races."""
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-
-    class IPCKernelManager(AsyncKernelManager):
-        @default("transport")
-        def _transport_default(self) -> str:
-            return "ipc"
-
-    return IPCKernelManager
 
 
 def restore_safe(spec: Any, mesh_state: Path) -> list[str]:

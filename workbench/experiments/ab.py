@@ -62,7 +62,7 @@ def run(s: Session) -> None:
         if spec.route is not None:
             mesh.set_route(spec.service, None)
         mesh.set_split(spec.service, {base: 100})
-    if hasattr(mesh, "direct_target"):
+    if spec.ground_truth and hasattr(mesh, "direct_target"):
         s.progress(f"measuring {base} and {cand} directly, without sidecars (ground truth)")
         # as long as the A/B: the truth is judged with the same windows, so it needs as many
         storage.save(_direct(mesh, spec, s.seed, spec.duration), s.store, "direct")

@@ -39,7 +39,8 @@ RESULT_FILE = "result.json"
 PROGRESS_ENV = "WORKBENCH_PROGRESS_FILE"  # the runner tails this file to show progress
 
 QUICK_MIN_DURATION_S = 2.0
-QUICK_MIN_BY_KIND = {"ab": 10.0, "mesh_compare": 4.0}  # enough windows of enough requests to judge
+# enough windows of enough requests to judge (a canary's: per step)
+QUICK_MIN_BY_KIND = {"ab": 10.0, "mesh_compare": 4.0, "canary": 5.0}
 VERDICT_SEVERITY: dict[str, Severity] = {"worse": "worse", "inconclusive": "inconclusive", "better": "ok",
                                          "equivalent": "ok"}  # fmt: skip
 
@@ -158,7 +159,9 @@ class Session:
         backend = self.config.backend
         if backend.type != "local":
             raise BackendError(f"sidecar modes are a local-mesh setting; the backend is {backend.type!r}")
-        current = self._backend if self._backend is not None else None
+        current = self._backend
+        if current is None and self.mesh_state is not None:  # the runner's shared mesh
+            current = self.backend()
         if current is not None and getattr(current, "mode", None) == mode:
             return nullcontext(current)
         attached = self._attach_default(mode) if self.mesh_state is None else None
@@ -326,23 +329,27 @@ def open_session(
 def quick_spec(spec: Any) -> Any:
     """The same experiment, shortened for a smoke run (``--quick``).
 
-    A fifth of each duration (at least 2 s; an A/B 10 s, a mesh comparison 4 s), warm-up at most
-    1 s, windows short enough for >= 4 per phase, sweeps cut to their first and last values, two
-    trials; a mesh comparison keeps its baseline and its last mode at its first connection count.
+    A fifth of each duration (at least 2 s; an A/B 10 s, a canary step 5 s), warm-up at most 1 s,
+    windows short enough for >= 4 per phase, sweeps cut to their first and last values, one
+    repetition; a mesh comparison keeps its baseline and its last mode at its first connection
+    count, one trial of 8 s (at least) per mode. Interleaved trials are what full runs are for.
     """
     spec = spec.model_copy(deep=True)
     if getattr(spec, "duration", None):
         spec.duration = _quick_s(spec.duration, QUICK_MIN_BY_KIND.get(spec.kind, QUICK_MIN_DURATION_S))
     if getattr(spec, "warmup", None):
-        spec.warmup = min(spec.warmup, 1.0)
+        spec.warmup = min(spec.warmup, 1.0)  # k6 phases last 0 or >= 1 s
     for step in getattr(spec, "steps", None) or []:
-        step.duration = _quick_s(step.duration)
+        step.duration = _quick_s(step.duration, QUICK_MIN_BY_KIND.get(spec.kind, QUICK_MIN_DURATION_S))
     for name in ("rps", "connections"):
         values = getattr(spec, name, None)
         if isinstance(values, list) and len(values) > 2:
             setattr(spec, name, [values[0], values[-1]])
     if getattr(spec, "kind", "") == "mesh_compare":
-        spec.trials = 2
+        # one trial per mode, as long as two: the same windows, two fresh meshes (~7 s each) fewer
+        spec.trials = 1
+        if spec.duration:
+            spec.duration *= 2
         spec.connections = spec.connections[:1]
         if spec.modes and len(spec.modes) > 2:  # the baseline and the heaviest mode
             base = spec.baseline or spec.modes[0]

@@ -144,7 +144,10 @@ def _store_telemetry(s: Session, mesh: Any, start: float, end: float) -> None:
     dialect = getattr(mesh, "dialect", "envoy") if not hasattr(mesh, "layout") else "envoy"
     window = PROM_WINDOW_S if hasattr(mesh, "layout") else max(5, int(s.spec.window or 5))
     if hasattr(mesh, "layout"):
-        time.sleep(PROM_WINDOW_S + 1.0)  # let Prometheus scrape past the end
+        # Whole windows end at multiples of the window, the last at or before ``end``; a query at
+        # that time reads the samples scraped up to it, so one scrape (1 s) past it is enough.
+        last_end = math.floor(end / window) * window
+        time.sleep(max(0.0, last_end + 1.5 - time.time()))
     try:
         url = mesh.prometheus_url()
         frames = {

@@ -144,11 +144,8 @@ class LocalMesh:
         if not self.detached:  # a detached mesh (`workbench local up`) outlives this process
             atexit.register(self.stop)
         self._started = True
-        if layout.mtls:
-            identities = [*self.topology.services, LOADGEN]
-            self.certs = make_certs(self.run_dir / "certs", identities)
-        self._write_all_envoy_files()
-        # Prometheus first: it needs ~5 s before its first scrape, which overlaps the rest.
+        # Prometheus first: its first scrape comes ~5 s after it starts (its scrape manager applies
+        # targets on a 5 s tick), so everything else starts meanwhile.
         targets = self._scrape_targets()
         prom_dir = self.run_dir / "prometheus"
         prom_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +155,10 @@ class LocalMesh:
             prom.argv(prometheus_bin, prom_dir / "prometheus.yml", prom_dir / "data", layout.prometheus_port),
             labels={"kind": "prometheus"},
         )
+        if layout.mtls:
+            identities = [*self.topology.services, LOADGEN]
+            self.certs = make_certs(self.run_dir / "certs", identities)
+        self._write_all_envoy_files()
         py = sys.executable
         apps: list[Managed] = []
         for service, versions in layout.apps.items():
