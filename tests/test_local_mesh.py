@@ -330,3 +330,18 @@ def _stats(admin: str) -> dict[str, int]:
         if value.isdigit():
             out[name] = int(value)
     return out
+
+
+def test_cookie_route_regex_matches_the_value_literally() -> None:
+    """The local sidecars and the cluster adapters match a cookie route with the same regex."""
+    import re
+
+    from workbench.backends.local.envoy import _header_match
+
+    for value in ("a.b", "a\\b", "x+y"):
+        match = _header_match(Route(cookie="canary", value=value, percent=50))
+        regex = match["string_match"]["safe_regex"]["regex"]
+        assert re.fullmatch(regex, f"x=1; canary={value}; y=2"), (value, regex)
+        assert re.fullmatch(regex, f"canary={value}"), (value, regex)
+        assert not re.fullmatch(regex, f"canary={value}z") and not re.fullmatch(regex, "canary=" + value * 2)
+        assert not re.fullmatch(regex, f"xcanary={value}")

@@ -29,6 +29,8 @@ __all__ = [
     "Route",
     "Service",
     "Split",
+    "cookie_regex",
+    "re_escape",
 ]
 
 Split = dict[str, int]  # version -> weight in percent, summing to 100
@@ -122,3 +124,21 @@ class Observer(Protocol):
         end: float | datetime,
         window_s: float,
     ) -> dict[str, pd.DataFrame]: ...
+
+
+_REGEX_SPECIAL = ".^$*+?()[]{}|\\"
+
+
+def re_escape(text: str) -> str:
+    """Escape RE2 metacharacters (RE2 and Python agree on these)."""
+    return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in text)
+
+
+def cookie_regex(cookie: str, value: str) -> str:
+    """A regex on the ``cookie`` header matching ``cookie=value`` among the request's cookies.
+
+    Works both as a full match (Envoy's safe_regex, Istio) and as a search (other implementations).
+    """
+    if not cookie or any(c in cookie for c in "=; \t"):
+        raise BackendError(f"route.cookie must be a cookie name without '=', ';' or spaces (got {cookie!r})")
+    return rf"(^|.*;\s*){re_escape(cookie)}={re_escape(value)}(;.*|$)"

@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from workbench.backends.base import BackendError, Split
+from workbench.backends.base import BackendError, Split, cookie_regex, re_escape
 from workbench.backends.kubernetes.adapter import Manifest, MeshAdapter, TrafficState, Unsupported
 from workbench.backends.kubernetes.apply import Resource
-from workbench.backends.kubernetes.values import cookie_regex, go_duration, percent_split, re_escape
+from workbench.backends.kubernetes.values import go_duration, percent_split
 from workbench.config import Policy, PolicyRule, Retries
 
 GROUP = "consul.hashicorp.com"

@@ -25,10 +25,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from workbench.backends.base import BackendError, Split
+from workbench.backends.base import BackendError, Split, cookie_regex
 from workbench.backends.kubernetes.adapter import LABELS, Manifest, MeshAdapter, TrafficState, Unsupported
 from workbench.backends.kubernetes.apply import Resource
-from workbench.backends.kubernetes.values import cookie_regex, dns_label, go_duration, percent_split
+from workbench.backends.kubernetes.values import dns_label, go_duration, percent_split
 from workbench.config import Policy
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"

@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from workbench.backends.base import BackendError, Split
+from workbench.backends.base import BackendError, Split, cookie_regex
 from workbench.backends.kubernetes.adapter import Manifest, MeshAdapter, TrafficState
 from workbench.backends.kubernetes.apply import Resource
-from workbench.backends.kubernetes.values import cookie_regex, dns_label, go_duration, percent_split
+from workbench.backends.kubernetes.values import dns_label, go_duration, percent_split
 from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
 
 NETWORKING = "networking.istio.io"

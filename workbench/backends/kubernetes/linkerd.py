@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from workbench.backends.base import BackendError, Split
+from workbench.backends.base import BackendError, Split, re_escape
 from workbench.backends.kubernetes.adapter import LABELS, Manifest, MeshAdapter, TrafficState, Unsupported
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.gateway_api import (
@@ -35,7 +35,7 @@ from workbench.backends.kubernetes.gateway_api import (
     split_from_httproute,
     version_service,
 )
-from workbench.backends.kubernetes.values import go_duration, percent_split, re_escape
+from workbench.backends.kubernetes.values import go_duration, percent_split
 from workbench.config import Policy, PolicyRule, Retries
 
 POLICY_GROUP = "policy.linkerd.io"

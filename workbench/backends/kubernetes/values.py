@@ -15,7 +15,6 @@ from workbench.backends.base import BackendError
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_REGEX_SPECIAL = ".^$*+?()[]{}|\\"
 
 
 def go_duration(seconds: float, field: str) -> str:
@@ -44,21 +43,6 @@ def parse_go_duration(text: str) -> float:
     if not text or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {text!r}")
     return sum(float(n) * units[u] for n, u in parts)
-
-
-def re_escape(text: str) -> str:
-    """Escape RE2 metacharacters (RE2 and Python agree on these)."""
-    return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in text)
-
-
-def cookie_regex(cookie: str, value: str) -> str:
-    """A regex on the ``cookie`` header matching ``cookie=value`` among the request's cookies.
-
-    Works both as a full match (Envoy's safe_regex, Istio) and as a search (other implementations).
-    """
-    if not cookie or any(c in cookie for c in "=; \t"):
-        raise BackendError(f"route.cookie must be a cookie name without '=', ';' or spaces (got {cookie!r})")
-    return rf"(^|.*;\s*){re_escape(cookie)}={re_escape(value)}(;.*|$)"
 
 
 def percent_split(weights: Mapping[str, int], what: str) -> dict[str, int]:

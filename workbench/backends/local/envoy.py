@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from workbench.backends.base import TrafficState
+from workbench.backends.base import TrafficState, cookie_regex
 from workbench.backends.local.app import CALLER_HEADER
 from workbench.backends.local.certs import CertFiles, spiffe_id
 from workbench.config import CircuitBreaker, Fault, Policy, PolicyRule, Route
@@ -373,13 +373,8 @@ def _virtual_host(service: str, policy: TrafficPolicy) -> dict[str, Any]:
 def _header_match(route: Route) -> dict[str, Any]:
     if route.header is not None:
         return {"name": route.header, "string_match": {"exact": route.value}}
-    value = route.value.replace("\\", "\\\\")
-    regex = rf"(^|.*;\s*){_re_escape(route.cookie or '')}={_re_escape(value)}(;.*|$)"
+    regex = cookie_regex(route.cookie or "", route.value)
     return {"name": "cookie", "string_match": {"safe_regex": {"regex": regex}}}
-
-
-def _re_escape(text: str) -> str:
-    return "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in text)
 
 
 def _fault(fault: Fault) -> dict[str, Any]:
