@@ -110,95 +110,24 @@ def test_localization_on_the_recorded_run_names_the_injected_service(
     assert (frame.iloc[1:]["verdict"] != "worse").all()
 
 
+def _log(
+    sidecar: str, start: float, ms: float, status: int, dest: str, caller: str, flags: str = "-"
+) -> tuple:
+    """One access-log row (``LOG_COLUMNS``) of request ``a``; every version is v1."""
+    service, version, direction = sidecar.split("-")
+    return (sidecar, service, version, direction, start, ms, status, flags, dest, "v1", caller, "a")
+
+
 def test_self_time_subtracts_the_slowest_concurrent_call() -> None:
     """frontend (10 ms) calls catalog (6 ms) and reviews (4 ms) at once: its own time is 4 ms, not 0."""
     t = 1_700_000_000.0
-    # sidecar, service, version, direction, start, duration_ms, status, flags, dest, dest_v, caller, id
     rows = [
-        (
-            "frontend-v1-inbound",
-            "frontend",
-            "v1",
-            "inbound",
-            t,
-            10.0,
-            503,
-            "-",
-            "frontend",
-            "v1",
-            "loadgen",
-            "a",
-        ),
-        (
-            "frontend-v1-outbound",
-            "frontend",
-            "v1",
-            "outbound",
-            t + 0.001,
-            6.0,
-            503,
-            "-",
-            "catalog",
-            "v1",
-            "frontend",
-            "a",
-        ),
-        (
-            "frontend-v1-outbound",
-            "frontend",
-            "v1",
-            "outbound",
-            t + 0.001,
-            4.0,
-            200,
-            "-",
-            "reviews",
-            "v1",
-            "frontend",
-            "a",
-        ),
-        (
-            "catalog-v1-inbound",
-            "catalog",
-            "v1",
-            "inbound",
-            t + 0.0012,
-            5.5,
-            503,
-            "-",
-            "catalog",
-            "v1",
-            "frontend",
-            "a",
-        ),
-        (
-            "reviews-v1-inbound",
-            "reviews",
-            "v1",
-            "inbound",
-            t + 0.0012,
-            3.5,
-            200,
-            "-",
-            "reviews",
-            "v1",
-            "frontend",
-            "a",
-        ),
-        (
-            "catalog-v1-outbound",
-            "catalog",
-            "v1",
-            "outbound",
-            t + 0.002,
-            1.0,
-            503,
-            "UF",
-            "pricing",
-            "v1",
-            "catalog",
-            "a",
-        ),
+        _log("frontend-v1-inbound", t, 10.0, 503, "frontend", "loadgen"),
+        _log("frontend-v1-outbound", t + 0.001, 6.0, 503, "catalog", "frontend"),
+        _log("frontend-v1-outbound", t + 0.001, 4.0, 200, "reviews", "frontend"),
+        _log("catalog-v1-inbound", t + 0.0012, 5.5, 503, "catalog", "frontend"),
+        _log("reviews-v1-inbound", t + 0.0012, 3.5, 200, "reviews", "frontend"),
+        _log("catalog-v1-outbound", t + 0.002, 1.0, 503, "pricing", "catalog", flags="UF"),
     ]
     logs = pd.DataFrame(rows, columns=LOG_COLUMNS)
     h = hops(logs).set_index("service")

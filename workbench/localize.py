@@ -277,16 +277,7 @@ def hops(logs: pd.DataFrame) -> pd.DataFrame:
         .groupby("row")
         .agg(downstream_ms=("duration_ms", "max"), failed_call=("bad", "any"), calls=("duration_ms", "size"))
     )
-    out = pd.DataFrame(
-        {
-            "timestamp": pd.to_datetime(inbound["start"], unit="s", utc=True),
-            "service": inbound["service"],
-            "version": inbound["version"],
-            "request_id": inbound["request_id"],
-            "total_ms": inbound["duration_ms"],
-            "status": inbound["status"],
-        }
-    )
+    out = _hop_frame(inbound, inbound["service"])
     out["downstream_ms"] = agg["downstream_ms"].reindex(out.index).fillna(0.0)
     out["calls"] = agg["calls"].reindex(out.index).fillna(0).astype(int)
     out["failed_call"] = agg["failed_call"].reindex(out.index).fillna(False).astype(bool)
@@ -296,24 +287,26 @@ def hops(logs: pd.DataFrame) -> pd.DataFrame:
     # Envoy answered for the callee (no healthy upstream, reset, timeout, injected abort).
     generated = edges[_failed(edges["status"]) & ~edges["flags"].isin(["-", ""])]
     if len(generated):
-        extra = pd.DataFrame(
-            {
-                "timestamp": pd.to_datetime(generated["start"], unit="s", utc=True),
-                "service": generated["destination"],
-                "version": generated["version"],
-                "request_id": generated["request_id"],
-                "total_ms": generated["duration_ms"],
-                "status": generated["status"],
-                "downstream_ms": 0.0,
-                "calls": 0,
-                "failed_call": False,
-                "self_ms": generated["duration_ms"],
-                "originated": True,
-                "kind": "hop",
-            }
-        )
+        extra = _hop_frame(generated, generated["destination"]).assign(
+            downstream_ms=0.0, calls=0, failed_call=False, self_ms=generated["duration_ms"], originated=True,
+            kind="hop",
+        )  # fmt: skip
         out = pd.concat([out, extra], ignore_index=True)
     return out.sort_values("timestamp", ignore_index=True)
+
+
+def _hop_frame(logs: pd.DataFrame, service: pd.Series) -> pd.DataFrame:
+    """The columns every hop row has, from access-log rows answered (or failed) as ``service``."""
+    return pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(logs["start"], unit="s", utc=True),
+            "service": service,
+            "version": logs["version"],
+            "request_id": logs["request_id"],
+            "total_ms": logs["duration_ms"],
+            "status": logs["status"],
+        }
+    )
 
 
 def _samples(h: pd.DataFrame) -> pd.DataFrame:
