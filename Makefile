@@ -7,11 +7,13 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-test prometheus doctor demo test lint bench clean
+.PHONY: help install install-test prometheus doctor demo test check lab lint bench clean
 
 help:
 	@echo "make demo   set up, check the machine, run the default experiment suite on the local mesh"
-	@echo "make test   set up with test extras, then ruff and pytest (notebooks included)"
+	@echo "make check  the fast tier after every change: ruff and every test not marked slow (< 3 min)"
+	@echo "make test   set up with test extras, then ruff and pytest (notebooks included): what CI runs"
+	@echo "make lab    JupyterLab on notebooks/ (prints the URL to open)"
 	@echo "make bench  run the benchmarks and print their figures"
 
 $(BIN)/python:
@@ -58,7 +60,20 @@ lint: install-test
 # pytest exits 5 when it collects no test: that is a failure here, as any non-zero status is.
 test: install-test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest --nbval-lax
+
+# The fast tier: no local mesh, no Jupyter kernel, no k6 run (those tests are marked slow).
+check: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q -m "not slow"
+
+# JupyterLab on the notebooks, on loopback; as root it needs --allow-root. PORT=8888 by default.
+lab: install
+	@echo "JupyterLab on notebooks/ - open the http://127.0.0.1:... URL printed below (Ctrl-C stops it)"
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$${PORT:-8888} --port-retries=50 \
+		--ServerApp.root_dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: install
 	$(BIN)/python benchmarks/run.py

@@ -1,4 +1,5 @@
-"""Localization benchmark: does ``workbench.localize`` name the service that really changed, and how fast?
+"""Localization benchmark: does ``workbench.analysis.localize`` name the service that really changed,
+and how fast?
 
     python benchmarks/localization.py [--trials 20] [--seed 7] [--rps 150]
 
@@ -22,9 +23,9 @@ import time
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
+from workbench.analysis.localize import AccessLogTail, localize
 from workbench.backends.local import LocalMesh
 from workbench.load.results import LoadProfile
-from workbench.localize import AccessLogTail, localize
 
 SERVICES = ("frontend", "catalog", "pricing", "reviews", "ratings")
 LEAD_S = 3.0

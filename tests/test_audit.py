@@ -18,9 +18,9 @@ import requests
 import yaml
 
 from conftest import REPO, processes_using, run_workbench
-from workbench import audit
 from workbench.audit import GENESIS, AuditError, AuditLog
-from workbench.audit_exporter import AuditState
+from workbench.audit import log as audit
+from workbench.audit.exporter import AuditState
 from workbench.metrics.dialects import DIALECTS
 
 FAKE_TOKEN = "ghp_FAKEfakeFAKE0123456789abcdef"
@@ -299,7 +299,7 @@ def test_exporter_state_folds_releases_and_weights() -> None:
 
 
 def _known_metrics() -> set[str]:
-    from workbench.audit_exporter import METRICS
+    from workbench.audit.exporter import METRICS
 
     known = set(METRICS)
     for d in DIALECTS.values():
@@ -383,8 +383,9 @@ def test_kubernetes_changes_and_releases_are_audited(kube_emulator: Any, tmp_pat
     assert log.verify().ok
 
 
+@pytest.mark.slow
 def test_runner_records_experiment_start_and_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from workbench.runner import run_suite
+    from workbench.suite.runner import run_suite
 
     log_path = tmp_path / "run-audit.jsonl"
     monkeypatch.setenv("WORKBENCH_AUDIT_LOG", str(log_path))

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from workbench import ci
+from workbench.report import ci
 
 RUN = {
     "run_id": "20261125-101500-0042",

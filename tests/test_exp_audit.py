@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nbformat
 import papermill as pm
+import pytest
 
 from conftest import REPO
 from workbench.audit import AuditLog
@@ -57,6 +58,7 @@ def test_tampered_log_is_worse_and_names_the_line(tmp_path: Path) -> None:
     assert result.checks[0]["severity"] == "worse"
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_shows_the_verdict(tmp_path: Path) -> None:
     log = _log(tmp_path)
     out = tmp_path / "audit.ipynb"

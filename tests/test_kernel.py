@@ -9,8 +9,11 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import psutil
+import pytest
 
-from workbench.kernel import SuiteKernel
+from workbench.suite.kernel import SuiteKernel
+
+pytestmark = pytest.mark.slow  # starts Jupyter kernels
 
 
 def _notebook(path: Path, *sources: str) -> Path:

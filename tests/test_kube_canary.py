@@ -42,9 +42,13 @@ from workbench.backends.kubernetes.backend import KubernetesBackend
 from workbench.experiments import canary
 from workbench.experiments.session import PROGRESS_ENV, open_session
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("prometheus") and shutil.which("promtool")), reason="prometheus/promtool not installed"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (shutil.which("prometheus") and shutil.which("promtool")),
+        reason="prometheus/promtool not installed",
+    ),
+]
 
 PROM_USER, PROM_PASSWORD = "user", "sekret-pass-456"
 RPS = 500
@@ -279,7 +283,7 @@ def test_no_credential_in_notebook_report_or_data(
 ) -> None:
     import papermill as pm
 
-    from workbench.report import render_html
+    from workbench.report.html import render_html
 
     assert TOKEN == "sekret-token-123" and TOKEN in kube_emulator.kubeconfig.read_text()
     assert PROM_PASSWORD in prometheus["faulty"]

@@ -24,6 +24,7 @@ def test_stored_without_outputs_and_with_a_parameters_cell(path: Path) -> None:
     assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
 
 
+@pytest.mark.slow
 def test_overview_notebook_lists_the_suite(tmp_path: Path) -> None:
     suite = tmp_path / "suite.yaml"
     suite.write_text(

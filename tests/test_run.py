@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SHARED, WORKBENCH
-from workbench import ci
+from workbench.report import ci
 
 pytestmark = pytest.mark.slow
 

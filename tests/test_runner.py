@@ -50,6 +50,7 @@ def test_invalid_input_exits_2_before_anything_runs(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_unavailable_backend_marks_experiments_failed_with_the_reason(tmp_path: Path) -> None:
     cfg = _write(
         tmp_path,
@@ -152,6 +153,7 @@ def test_fail_on_must_be_a_known_threshold(tmp_path: Path) -> None:
     assert "--fail-on: must be one of worse, inconclusive, never (got 'sometimes')" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_prometheus_binary_exits_3_with_the_fix(tmp_path: Path) -> None:
     cfg = _write(
         tmp_path,

@@ -14,12 +14,12 @@ import papermill as pm
 import pytest
 
 from conftest import REPO
+from workbench.analysis.localize import LOG_COLUMNS, AccessLogTail, hops, localize, telemetry_windows
+from workbench.analysis.topology import ServiceGraph
 from workbench.backends.local import LocalMesh
 from workbench.experiments import NOTEBOOKS
 from workbench.experiments.topology import frame_from_json
 from workbench.load.results import LoadProfile
-from workbench.localize import LOG_COLUMNS, AccessLogTail, hops, localize, telemetry_windows
-from workbench.topology import ServiceGraph
 
 SAMPLE = REPO / "data" / "sample" / "topology"
 DEMO_EDGES = {

@@ -1,1 +1,71 @@
-"""Backends: where experiments change traffic and generate load (the local mesh or a cluster)."""
+"""Backends: where experiments change traffic and generate load (the local mesh or a cluster).
+
+``open_backend(settings)`` is the one factory: experiments.yaml's ``backend:`` settings in, a
+``Backend`` (``base.py``) out — a ``KubernetesBackend`` for a cluster; for the local mesh, the
+mesh whose state the runner passes, else the one ``workbench local up`` runs in the right mode,
+else a new one started here (``Opened.owned``: the caller stops it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import BackendError
+
+if TYPE_CHECKING:
+    from workbench.backends.base import Backend
+    from workbench.config import BackendSettings
+
+__all__ = ["Opened", "open_backend"]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A backend and whether ``open_backend`` started it (then the caller must ``stop()`` it)."""
+
+    backend: Backend
+    owned: bool = False
+
+
+def open_backend(
+    settings: BackendSettings,
+    *,
+    mesh_state: Path | None = None,
+    mode: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> Opened:
+    """The backend ``settings`` describe; see the module docstring.
+
+    ``mesh_state``: attach to the local mesh whose state is there (it must be running).
+    ``mode``: the local sidecar mode wanted (default: the settings'). ``options`` go to the
+    Kubernetes backend (``dry_run``, ``kubeconfig`` ...). BackendError when it cannot be opened.
+    """
+    if settings.type == "kubernetes":
+        from workbench.backends.kubernetes.backend import KubernetesBackend
+
+        return Opened(KubernetesBackend.from_settings(settings, **options))  # type: ignore[arg-type]
+    if settings.type != "local":
+        raise BackendError(f"backend {settings.type!r} is not supported (use 'local' or 'kubernetes')")
+    from workbench.backends.local.mesh import LocalMesh, running_mesh
+
+    if mesh_state is not None:
+        mesh = LocalMesh.attach(mesh_state)
+        mesh.check()
+        return Opened(mesh)
+    wanted = mode or settings.mode
+    attached = running_mesh(wanted)
+    if attached is not None:
+        return Opened(attached)
+    if progress is not None:
+        progress(f"starting a local mesh (mode {wanted})")
+    mesh = LocalMesh(mode=wanted, topology=settings.topology)  # type: ignore[arg-type]
+    try:
+        mesh.start()
+    except BaseException:
+        mesh.stop()
+        raise
+    return Opened(mesh, owned=True)

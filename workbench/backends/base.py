@@ -1,8 +1,15 @@
 """The Backend seam: every experiment talks to this, never to Envoy files or CRDs directly.
 
-One small interface, one adapter per data plane (the Flagger ``pkg/router`` idea). The shared
-value types come from the experiments schema, so what a user writes in experiments.yaml is
-exactly what a backend receives.
+One small interface, one adapter per data plane (the Flagger ``pkg/router`` idea), chosen by
+``workbench.backends.open_backend``. The traffic value types come from ``backends.traffic`` (the
+same models experiments.yaml validates), so what a user writes is exactly what a backend receives.
+
+Optional capabilities are small protocols next to ``Backend``, checked with ``isinstance``:
+``Observer`` (reads real traffic from telemetry: a cluster), ``DirectMeasure`` (reaches the apps
+without their proxies: ground truth, local mesh), ``Behaviours`` (changes what a version does:
+latency, errors — the local demo apps), ``RequestAs`` (one request as a given caller).
+Every ``set_*`` returns what it wrote (``Writes``): the manifests applied on a cluster, the Envoy
+xDS documents swapped in locally — a record of the change, empty when nothing was written.
 """
 
 from __future__ import annotations
@@ -10,59 +17,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pandas as pd
 
-from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
+from workbench.backends.traffic import (
+    CircuitBreaker,
+    Fault,
+    Policy,
+    Retries,
+    Route,
+    Split,
+    TrafficState,
+    cookie_regex,
+    full_split,
+    re_escape,
+)
+from workbench.errors import BackendError
 from workbench.load.results import LoadProfile, LoadResult
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import requests
 
 __all__ = [
     "Backend",
     "BackendError",
+    "Behaviours",
     "CircuitBreaker",
+    "DirectMeasure",
     "Fault",
     "LoadTarget",
     "Observer",
     "Policy",
+    "RequestAs",
     "Retries",
     "Route",
     "Service",
     "Split",
+    "TrafficState",
+    "Writes",
     "cookie_regex",
+    "full_split",
     "re_escape",
 ]
 
-Split = dict[str, int]  # version -> weight in percent, summing to 100
-
-
-class BackendError(RuntimeError):
-    """A backend operation that cannot be done; the message says what and why."""
-
-
-@dataclass
-class TrafficState:
-    """Everything the workbench sets for calls to one service (rendered per data plane)."""
-
-    split: dict[str, int]
-    route: Route | None = None
-    route_version: str | None = None
-    fault: Fault | None = None
-    retries: Retries | None = None
-    timeout_s: float | None = None
-    breaker: CircuitBreaker | None = None
-
-
-def full_split(service: str, versions: list[str] | tuple[str, ...], split: Split) -> Split:
-    """``split`` over every version of ``service`` (missing ones get 0), checked: weights 0-100 summing
-    to 100, only known versions. BackendError says what is wrong."""
-    unknown = [v for v in split if v not in versions]
-    if unknown:
-        raise BackendError(f"{service} has no version {', '.join(unknown)} (versions: {', '.join(versions)})")
-    full = {v: int(split.get(v, 0)) for v in versions}
-    if any(w < 0 or w > 100 for w in full.values()) or sum(full.values()) != 100:
-        raise BackendError(f"split for {service} must be weights 0-100 summing to 100 (got {split})")
-    return full
+Writes = list[dict[str, Any]]  # what a change wrote: manifests (cluster) or xDS documents (local)
 
 
 @dataclass(frozen=True)
@@ -89,17 +90,17 @@ class Backend(Protocol):
 
     def services(self) -> list[Service]: ...
     def get_split(self, service: str) -> Split: ...
-    def set_split(self, service: str, split: Split) -> None: ...
-    def set_route(self, service: str, route: Route | None, version: str | None = None) -> None: ...
-    def set_fault(self, service: str, fault: Fault | None) -> None: ...
-    def set_policy(self, policy: Policy | None, service: str | None = None) -> None: ...
+    def set_split(self, service: str, split: Split) -> Writes: ...
+    def set_route(self, service: str, route: Route | None, version: str | None = None) -> Writes: ...
+    def set_fault(self, service: str, fault: Fault | None) -> Writes: ...
+    def set_policy(self, policy: Policy | None, service: str | None = None) -> Writes: ...
     def set_resilience(
         self,
         service: str,
         retries: Retries | None = None,
         timeout_s: float | None = None,
         breaker: CircuitBreaker | None = None,
-    ) -> None: ...
+    ) -> Writes: ...
     def prometheus_url(self) -> str: ...
     def load_target(self, service: str) -> LoadTarget: ...
     def run_load(self, service: str, profile: LoadProfile) -> LoadResult: ...
@@ -126,19 +127,33 @@ class Observer(Protocol):
     ) -> dict[str, pd.DataFrame]: ...
 
 
-_REGEX_SPECIAL = ".^$*+?()[]{}|\\"
+@runtime_checkable
+class DirectMeasure(Protocol):
+    """A backend that can aim load at a service's apps themselves, bypassing every proxy.
 
-
-def re_escape(text: str) -> str:
-    """Escape RE2 metacharacters (RE2 and Python agree on these)."""
-    return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in text)
-
-
-def cookie_regex(cookie: str, value: str) -> str:
-    """A regex on the ``cookie`` header matching ``cookie=value`` among the request's cookies.
-
-    Works both as a full match (Envoy's safe_regex, Istio) and as a search (other implementations).
+    The difference between the meshed and the direct measurement is ground truth for a method
+    check (an A/B's interval should cover the apps' own difference).
     """
-    if not cookie or any(c in cookie for c in "=; \t"):
-        raise BackendError(f"route.cookie must be a cookie name without '=', ';' or spaces (got {cookie!r})")
-    return rf"(^|.*;\s*){re_escape(cookie)}={re_escape(value)}(;.*|$)"
+
+    def direct_target(self, service: str, versions: list[str] | None = None) -> LoadTarget: ...
+
+
+@runtime_checkable
+class Behaviours(Protocol):
+    """A backend whose apps' behaviour (service time, error rate, payload) can be changed live:
+    known effects for topology localization and method checks. ``run_dir`` holds its proxies'
+    access logs; ``layout`` names its proxies."""
+
+    run_dir: Path
+    layout: Any
+
+    def set_behaviour(self, service: str, version: str, **changes: Any) -> Any: ...
+
+
+@runtime_checkable
+class RequestAs(Protocol):
+    """A backend that can send one request to a service as a given caller (its identity)."""
+
+    def request_as(
+        self, caller: str, service: str, path: str = "/", method: str = "GET", timeout: float = 5.0
+    ) -> requests.Response: ...

@@ -16,10 +16,11 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from workbench.backends.base import DirectMeasure
 from workbench.experiments.session import VERDICT_SEVERITY, ExperimentResult, Session, metric_checks
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult
-from workbench.plots import COLOURS, add_markers, interval_chart, latency_cdf, styled
+from workbench.report.plots import COLOURS, add_markers, interval_chart, latency_cdf, styled
 from workbench.stats.compare import Comparison, compare
 
 SEVERITY = VERDICT_SEVERITY
@@ -62,7 +63,7 @@ def run(s: Session) -> None:
         if spec.route is not None:
             mesh.set_route(spec.service, None)
         mesh.set_split(spec.service, {base: 100})
-    if spec.ground_truth and hasattr(mesh, "direct_target"):
+    if spec.ground_truth and isinstance(mesh, DirectMeasure):
         s.progress(f"measuring {base} and {cand} directly, without sidecars (ground truth)")
         # as long as the A/B: the truth is judged with the same windows, so it needs as many
         storage.save(_direct(mesh, spec, s.seed, spec.duration), s.store, "direct")
@@ -155,8 +156,8 @@ def _truth(s: Session, frame: pd.DataFrame) -> pd.DataFrame | None:
     rows = []
     for r in comp:
         lo, hi = frame.loc[r.metric, "ci_low"], frame.loc[r.metric, "ci_high"]
-        rows.append({"metric": r.metric, "direct_estimate": r.estimate, "direct_ci_low": r.ci[0],
-                     "direct_ci_high": r.ci[1], "ab_ci_low": lo, "ab_ci_high": hi,
+        rows.append({"metric": r.metric, "direct_estimate": r.estimate, "direct_ci_low": r.ci.low,
+                     "direct_ci_high": r.ci.high, "ab_ci_low": lo, "ab_ci_high": hi,
                      "covered": bool(lo <= r.estimate <= hi)})  # fmt: skip
     return pd.DataFrame(rows).set_index("metric")
 

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from workbench.audit import AuditError, AuditLog, describe
 from workbench.experiments.session import ExperimentResult, Session
-from workbench.plots import PALETTE, styled
+from workbench.report.plots import PALETTE, styled
 
 DATA_FILE = "audit.json"
 

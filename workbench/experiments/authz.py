@@ -23,7 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.experiments.session import ExperimentResult, Session
-from workbench.plots import COLOURS, styled
+from workbench.report.plots import COLOURS, styled
 
 ATTEMPTS = 3  # requests per row and phase: enough to show a flaky answer, cheap enough to be instant
 DATA_FILE = "authz.json"

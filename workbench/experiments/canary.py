@@ -46,7 +46,7 @@ from workbench.experiments.session import ExperimentResult, Session, Severity, m
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult, empty_samples
 from workbench.metrics.histogram import Histogram, merge
-from workbench.plots import COLOURS, add_markers, interval_chart, styled
+from workbench.report.plots import COLOURS, add_markers, interval_chart, styled
 from workbench.stats.compare import Margin
 from workbench.stats.sequential import Decision, SequentialTest
 from workbench.stats.windows import start_of, window_table
@@ -519,8 +519,8 @@ def _looks_table(looks: list[Look]) -> pd.DataFrame:
                 "look": lk.decision.look, "step": lk.step, "weight_pct": lk.weight,
                 "action": lk.decision.action, "alpha_spent": lk.decision.alpha_spent, "metric": r.metric,
                 "unit": r.unit,
-                "baseline": r.baseline, "candidate": r.candidate, "estimate": r.estimate, "ci_low": r.ci[0],
-                "ci_high": r.ci[1], "margin": r.margin, "verdict": r.verdict, "n_windows": r.n_windows,
+                "baseline": r.baseline, "candidate": r.candidate, "estimate": r.estimate, "ci_low": r.ci.low,
+                "ci_high": r.ci.high, "margin": r.margin, "verdict": r.verdict, "n_windows": r.n_windows,
                 "explanation": r.explain(),
             })  # fmt: skip
     cols = ["look", "step", "weight_pct", "action", "alpha_spent", "metric", "unit", "baseline", "candidate",
@@ -676,4 +676,4 @@ def _cell(r: Any) -> str:
     unit = " pts" if r.unit == "pts" else " ms"
     if not np.isfinite(r.estimate):
         return f"{r.verdict}<br>(no data)"
-    return f"{r.verdict}<br>{r.estimate:+.2f}{unit} [{r.ci[0]:+.2f}, {r.ci[1]:+.2f}]"
+    return f"{r.verdict}<br>{r.estimate:+.2f}{unit} [{r.ci.low:+.2f}, {r.ci.high:+.2f}]"

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from workbench.experiments.session import ExperimentResult, Session
 from workbench.load.results import LoadResult
 from workbench.load.sweep import Point, SweepSpec, knee, run_sweep, table
-from workbench.plots import COLOURS, PALETTE, styled
+from workbench.report.plots import COLOURS, PALETTE, styled
 
 POINTS = "points"
 MIN_ACHIEVED_PCT = 99.0

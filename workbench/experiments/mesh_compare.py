@@ -42,7 +42,7 @@ from workbench.load.formats import read_any
 from workbench.load.results import LoadResult, empty_samples
 from workbench.load.sweep import Point, SweepSpec, iter_results, run_sweep, table
 from workbench.metrics.histogram import merge
-from workbench.plots import COLOURS, PALETTE, styled
+from workbench.report.plots import COLOURS, PALETTE, styled
 from workbench.stats.compare import compare
 
 POINTS, FORTIO = "points", "fortio"
@@ -227,8 +227,8 @@ def _overhead_rows(s: Session, arms: Arms, base: str, names: list[str], fortio: 
                            alpha=spec.alpha, paired=False, no_data=spec.no_data)  # fmt: skip
             for r in comp:
                 rows.append({"connections": conns, "mode": name, "metric": r.metric, "baseline": r.baseline,
-                             "candidate": r.candidate, "estimate": r.estimate, "ci_low": r.ci[0],
-                             "ci_high": r.ci[1], "verdict": r.verdict, "n_windows": r.n_windows,
+                             "candidate": r.candidate, "estimate": r.estimate, "ci_low": r.ci.low,
+                             "ci_high": r.ci.high, "verdict": r.verdict, "n_windows": r.n_windows,
                              "trials": len(arms[(name, conns)]), "method": r.method + f", {w:.2f} s windows",
                              "margin": r.margin, "note": r.note, "explanation": r.explain()})  # fmt: skip
     return rows

@@ -40,7 +40,7 @@ from statsmodels.stats.proportion import proportion_confint
 from workbench.experiments.session import ExperimentResult, Session, metric_checks
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult
-from workbench.plots import COLOURS, PALETTE, latency_cdf, styled
+from workbench.report.plots import COLOURS, PALETTE, latency_cdf, styled
 from workbench.stats.compare import Comparison, compare
 
 SUCCESS_TARGET = 0.99
@@ -222,7 +222,7 @@ def analyse(s: Session) -> ExperimentResult:
         comparisons[name] = comp
         for r in comp:
             rows.append({"protection": name, "metric": r.metric, "baseline": r.baseline, "value": r.candidate,
-                         "estimate": r.estimate, "ci_low": r.ci[0], "ci_high": r.ci[1], "unit": r.unit,
+                         "estimate": r.estimate, "ci_low": r.ci.low, "ci_high": r.ci.high, "unit": r.unit,
                          "verdict": r.verdict, "explanation": r.explain()})  # fmt: skip
     readings = {n: _reading(base, frame.loc[base], n, frame.loc[n], comparisons.get(n)) for n in comparisons}
     frame["reading"] = [readings.get(n, "baseline") for n in frame.index]

@@ -30,7 +30,9 @@ from typing import Any, Literal
 import pandas as pd
 
 from workbench import config as cfgmod
-from workbench.backends.base import Backend, BackendError
+from workbench.backends import open_backend
+from workbench.backends.base import Backend
+from workbench.errors import BackendError, WorkbenchError
 from workbench.load.k6 import SEED_ENV  # the runner's --seed, for every random choice
 from workbench.stats.compare import Margin
 
@@ -149,9 +151,13 @@ class Session:
     # Backend
 
     def backend(self) -> Backend:
-        """The backend the experiment acts on (started or attached on first use)."""
+        """The backend the experiment acts on (opened, attached or started on first use)."""
         if self._backend is None:
-            self._backend = self._open_backend(getattr(self.config.backend, "mode", None))
+            opened = open_backend(self.config.backend, mesh_state=self.mesh_state, progress=self.progress)
+            self._backend = opened.backend
+            if opened.owned:
+                self._own_mesh = opened.backend
+                atexit.register(self.close)
         return self._backend
 
     def mesh(self, mode: str) -> AbstractContextManager[Any]:
@@ -164,50 +170,12 @@ class Session:
             current = self.backend()
         if current is not None and getattr(current, "mode", None) == mode:
             return nullcontext(current)
-        attached = self._attach_default(mode) if self.mesh_state is None else None
+        from workbench.backends.local.mesh import LocalMesh, running_mesh
+
+        attached = running_mesh(mode) if self.mesh_state is None else None
         if attached is not None:
             return nullcontext(attached)
-        from workbench.backends.local.mesh import LocalMesh
-
         return LocalMesh(mode=mode, topology=backend.topology)  # type: ignore[arg-type]
-
-    def _open_backend(self, mode: str | None) -> Backend:
-        backend = self.config.backend
-        if backend.type == "kubernetes":
-            from workbench.backends.kubernetes.backend import KubernetesBackend
-
-            return KubernetesBackend.from_settings(backend)  # type: ignore[return-value]
-        if backend.type != "local":
-            raise BackendError(f"backend {backend.type!r} is not supported (use 'local' or 'kubernetes')")
-        from workbench.backends.local.mesh import LocalMesh
-
-        if self.mesh_state is not None:
-            mesh = LocalMesh.attach(self.mesh_state)
-            mesh.check()
-            return mesh
-        attached = self._attach_default(mode or backend.mode)
-        if attached is not None:
-            return attached
-        self.progress(f"starting a local mesh (mode {backend.mode})")
-        mesh = LocalMesh(mode=backend.mode, topology=backend.topology)
-        mesh.start()
-        self._own_mesh = mesh
-        atexit.register(self.close)
-        return mesh
-
-    def _attach_default(self, mode: str) -> Any:
-        """The mesh of ``workbench local up`` when one runs in ``mode``, else None."""
-        from workbench.backends.local.mesh import LocalMesh, default_state_dir
-
-        state = default_state_dir()
-        if not (state / "state.json").exists():
-            return None
-        try:
-            mesh = LocalMesh.attach(state)
-            mesh.check()
-        except Exception:
-            return None
-        return mesh if mesh.mode == mode else None
 
     def close(self) -> None:
         """Stop the mesh this session started (an attached mesh keeps running)."""
@@ -399,7 +367,7 @@ def env_var(name: str, value: str) -> Iterator[None]:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, BackendError | ValueError) else text
+    return text if isinstance(exc, WorkbenchError | ValueError) else f"{type(exc).__name__}: {text}"
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,7 +8,7 @@ views (JSON), and the phase times. A change is undone in a ``finally``.
 
 ``analyse`` is pure over those files: the graph (from the access logs, else from telemetry; on a
 cluster completed by its objects), the per-edge table, and — unless ``localize: false`` —
-``workbench.localize`` ranks the services by the change of their self-time and originated errors
+``workbench.analysis.localize`` ranks the services by the change of their self-time and originated errors
 between the halves, names the culprit and marks it on the graph.
 """
 
@@ -24,13 +24,14 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from workbench import localize as loc
+from workbench.analysis import localize as loc
+from workbench.analysis.topology import ServiceGraph
+from workbench.backends.base import Behaviours
 from workbench.experiments.session import ExperimentResult, Session
 from workbench.load.results import LoadProfile
 from workbench.metrics import dialects
 from workbench.metrics.histogram import Histogram
-from workbench.plots import COLOURS, styled
-from workbench.topology import ServiceGraph
+from workbench.report.plots import COLOURS, styled
 
 LOGS = "access_logs"
 PROM_WINDOW_S = 5  # Envoy flushes its histograms to /stats every 5 s (counters: live)
@@ -44,7 +45,7 @@ def _window_s(s: Session, half_s: float) -> float:
 def run(s: Session) -> None:
     """Load in two halves (a change before the second), then store logs, telemetry and phases."""
     spec, mesh = s.spec, s.backend()
-    local = hasattr(mesh, "layout") and hasattr(mesh, "set_behaviour")
+    local = isinstance(mesh, Behaviours)
     duration = float(spec.duration or 10.0)
     halves = [("baseline", duration / 2), ("changed", duration / 2)] if spec.localize else [("all", duration)]
     tail = None
@@ -141,9 +142,10 @@ def _store_logs(directory: Path, raw: dict[str, list[str]]) -> None:
 
 def _store_telemetry(s: Session, mesh: Any, start: float, end: float) -> None:
     """Both views of the mesh's telemetry in Prometheus, per window, as JSON."""
-    dialect = getattr(mesh, "dialect", "envoy") if not hasattr(mesh, "layout") else "envoy"
-    window = PROM_WINDOW_S if hasattr(mesh, "layout") else max(5, int(s.spec.window or 5))
-    if hasattr(mesh, "layout"):
+    local = isinstance(mesh, Behaviours)  # the local mesh: Envoy's own metrics, flushed every 5 s
+    dialect = "envoy" if local else mesh.dialect
+    window = PROM_WINDOW_S if local else max(5, int(s.spec.window or 5))
+    if local:
         # Whole windows end at multiples of the window, the last at or before ``end``; a query at
         # that time reads the samples scraped up to it, so one scrape (1 s) past it is enough.
         last_end = math.floor(end / window) * window

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from workbench.errors import WorkbenchError
 from workbench.metrics.histogram import Histogram
 
 SAMPLE_COLUMNS = ("timestamp", "latency_ms", "status", "variant")
@@ -24,7 +25,7 @@ QUANTILES = {"p50": 0.50, "p75": 0.75, "p90": 0.90, "p99": 0.99, "p999": 0.999}
 OK_STATUS_NAMES = frozenset({"SERVING"})
 
 
-class ResultFileError(ValueError):
+class ResultFileError(WorkbenchError, ValueError):
     """A result file that cannot be read; the message is ``<file>: <field>: <problem>``."""
 
     def __init__(self, path: str | Path, field: str, problem: str):

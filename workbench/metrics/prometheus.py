@@ -17,10 +17,11 @@ from requests import RequestException, Timeout
 from requests.exceptions import RetryError
 from urllib3.util.retry import Retry
 
+from workbench.errors import BackendError
 from workbench.tools import redact_url
 
 
-class PrometheusError(RuntimeError):
+class PrometheusError(BackendError):
     """A query that Prometheus could not answer; names the (redacted) URL and the query."""
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
 from workbench.stats.compare import Margin, compare
+from workbench.stats.interval import ConfidenceInterval
 from workbench.stats.reference import kayenta_mannwhitney, naive_mannwhitney, threshold
 from workbench.stats.sequential import SequentialTest
 from workbench.stats.windows import window_table
@@ -106,9 +107,9 @@ class Rate:
         return self.hits / self.n if self.n else float("nan")
 
     @property
-    def wilson(self) -> tuple[float, float]:
+    def wilson(self) -> ConfidenceInterval:
         lo, hi = proportion_confint(self.hits, self.n, alpha=0.05, method="wilson")
-        return float(lo), float(hi)
+        return ConfidenceInterval(float(lo), float(hi))
 
 
 def replay(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -29,9 +29,10 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.proportion import confint_proportions_2indep
 
-from workbench.config import parse_duration
+from workbench.stats.interval import ConfidenceInterval
 from workbench.stats.multiple import holm
 from workbench.stats.windows import QUANTILE_METRICS, WindowInput, start_of, window_table
+from workbench.units import parse_duration
 
 Verdict = Literal["worse", "better", "equivalent", "inconclusive"]
 NoData = Literal["fail", "pass", "inconclusive"]
@@ -53,13 +54,13 @@ class Margin:
         return max(self.latency_ms, self.latency_pct / 100.0 * base)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MetricResult:
     """One metric's comparison, in the manner of scipy.stats results."""
 
     metric: str
     estimate: float  # b - a, ms (latency) or percentage points (error_rate)
-    ci: tuple[float, float]
+    ci: ConfidenceInterval
     pvalue: float  # two-sided, H0: no difference
     verdict: Verdict
     method: str
@@ -129,7 +130,7 @@ class Comparison:
             rows.append(
                 {
                     "metric": r.metric, "baseline": r.baseline, "candidate": r.candidate,
-                    "estimate": r.estimate, "ci_low": r.ci[0], "ci_high": r.ci[1], "ratio": r.ratio,
+                    "estimate": r.estimate, "ci_low": r.ci.low, "ci_high": r.ci.high, "ratio": r.ratio,
                     "margin": r.margin, "pvalue": r.pvalue, "pvalue_adjusted": r.pvalue_adjusted,
                     "verdict": r.verdict, "n_windows": r.n_windows, "method": r.method, "unit": r.unit,
                     "explanation": r.explain(),
@@ -189,11 +190,12 @@ def compare_tables(
             results[metric] = _latency(metric, wa, wb, common, is_paired, margin, level, no_data)
     pvals = [r.pvalue for r in results.values()]
     finite = [i for i, p in enumerate(pvals) if math.isfinite(p)]
-    if finite:
-        adjusted = holm([pvals[i] for i in finite])
-        for i, adj in zip(finite, adjusted, strict=True):
-            list(results.values())[i].pvalue_adjusted = float(adj)
-    return Comparison(results, is_paired, window_s, alpha, {"a": wa, "b": wb})
+    adjusted = dict(zip(finite, holm([pvals[i] for i in finite]), strict=True)) if finite else {}
+    final = {
+        m: replace(r, pvalue_adjusted=float(adjusted[i])) if i in adjusted else r
+        for i, (m, r) in enumerate(results.items())
+    }
+    return Comparison(final, is_paired, window_s, alpha, {"a": wa, "b": wb})
 
 
 def _latency(
@@ -218,7 +220,7 @@ def _latency(
     if n < MIN_WINDOWS:
         note = (f"too few windows with >= {need} requests each ({len(xa)} baseline, {len(xb)} candidate; "
                 f"need {MIN_WINDOWS})")  # fmt: skip
-        return MetricResult(metric, float("nan"), (float("nan"), float("nan")), float("nan"),
+        return MetricResult(metric, float("nan"), ConfidenceInterval.none(), float("nan"),
                             NO_DATA_VERDICT[no_data], "no data", n, float("nan"), float("nan"),
                             margin.latency_ms, level, note=note)  # fmt: skip
     base, cand = float(np.mean(xa)), float(np.mean(xb))
@@ -233,11 +235,11 @@ def _latency(
         method = f"unpaired windows, Welch t (AR(1)-inflated), {len(xa)}+{len(xb)} windows"
     m = margin.latency(base)
     if se == 0:
-        ci = (est, est)
+        ci = ConfidenceInterval(est, est)
         p = 0.0 if est else 1.0
     else:
         t = sps.t.ppf(0.5 + level / 2, df)
-        ci = (est - t * se, est + t * se)
+        ci = ConfidenceInterval(est - t * se, est + t * se)
         p = float(2 * sps.t.sf(abs(est) / se, df))
     return MetricResult(metric, est, ci, p, _verdict(ci, m), method, n, base, cand, m, level)
 
@@ -264,19 +266,19 @@ def _error_rate(
     n_windows = min(len(wa), len(wb))
     if na == 0 or nb == 0:
         note = f"no traffic in the {'baseline' if na == 0 else 'candidate'} arm"
-        return MetricResult("error_rate", float("nan"), (float("nan"), float("nan")), float("nan"),
+        return MetricResult("error_rate", float("nan"), ConfidenceInterval.none(), float("nan"),
                             NO_DATA_VERDICT[no_data], "no data", n_windows, float("nan"), float("nan"),
                             m, level, unit="pts", note=note)  # fmt: skip
     lo, hi = confint_proportions_2indep(eb, nb, ea, na, method="newcomb", compare="diff", alpha=1 - level)
     p = float(sps.fisher_exact([[eb, nb - eb], [ea, na - ea]]).pvalue)
-    ci = (100 * float(lo), 100 * float(hi))
+    ci = ConfidenceInterval(100 * float(lo), 100 * float(hi))
     base, cand = 100 * ea / na, 100 * eb / nb
     method = f"Newcombe score interval, Fisher exact test, {na}+{nb} requests"
     return MetricResult("error_rate", cand - base, ci, p, _verdict(ci, m), method, n_windows, base, cand, m,
                         level, unit="pts")  # fmt: skip
 
 
-def _verdict(ci: tuple[float, float], margin: float) -> Verdict:
+def _verdict(ci: ConfidenceInterval, margin: float) -> Verdict:
     lo, hi = ci
     if lo > margin:
         return "worse"

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from workbench.config import parse_duration
 from workbench.stats.compare import Margin
 from workbench.stats.windows import as_samples, window_table
+from workbench.units import parse_duration
 
 
 def window_spread(

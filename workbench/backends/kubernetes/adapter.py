@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from workbench.backends.base import BackendError, Split, TrafficState, full_split
 from workbench.backends.kubernetes.apply import Resource, Writer
-from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
+from workbench.backends.traffic import CircuitBreaker, Fault, Policy, Retries, Route
 
 Manifest = tuple[Resource, dict[str, Any]]
 LABELS = {"app.kubernetes.io/managed-by": "mesh-workbench"}

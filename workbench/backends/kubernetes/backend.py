@@ -28,7 +28,7 @@ from workbench.audit import AuditLog
 from workbench.backends.base import BackendError, LoadTarget, Service, Split
 from workbench.backends.kubernetes.apply import WriteRecord
 from workbench.backends.kubernetes.cluster import Cluster, observe_releases
-from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
+from workbench.backends.traffic import CircuitBreaker, Fault, Policy, Retries, Route
 from workbench.load.results import LoadProfile, LoadResult
 
 # mesh setting -> adapter class, imported lazily (each module is optional until used)

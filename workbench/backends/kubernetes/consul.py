@@ -30,7 +30,7 @@ from workbench.backends.base import BackendError, Split, cookie_regex, re_escape
 from workbench.backends.kubernetes.adapter import Manifest, MeshAdapter, TrafficState, Unsupported
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.values import go_duration, percent_split
-from workbench.config import Policy, PolicyRule, Retries
+from workbench.backends.traffic import Policy, PolicyRule, Retries
 
 GROUP = "consul.hashicorp.com"
 SERVICE_RESOLVER = Resource(GROUP, "v1alpha1", "serviceresolvers", "ServiceResolver", product="Consul")

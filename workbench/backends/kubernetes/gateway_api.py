@@ -29,7 +29,7 @@ from workbench.backends.base import BackendError, Split, cookie_regex
 from workbench.backends.kubernetes.adapter import LABELS, Manifest, MeshAdapter, TrafficState, Unsupported
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.values import dns_label, go_duration, percent_split
-from workbench.config import Policy
+from workbench.backends.traffic import Policy
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 HTTPROUTE = Resource(GATEWAY_GROUP, "v1", "httproutes", "HTTPRoute", "Gateway API")

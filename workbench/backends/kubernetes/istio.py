@@ -28,7 +28,7 @@ from workbench.backends.base import BackendError, Split, cookie_regex
 from workbench.backends.kubernetes.adapter import Manifest, MeshAdapter, TrafficState
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.values import dns_label, go_duration, percent_split
-from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
+from workbench.backends.traffic import CircuitBreaker, Fault, Policy, Retries, Route
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"

@@ -36,7 +36,7 @@ from workbench.backends.kubernetes.gateway_api import (
     version_service,
 )
 from workbench.backends.kubernetes.values import go_duration, percent_split
-from workbench.config import Policy, PolicyRule, Retries
+from workbench.backends.traffic import Policy, PolicyRule, Retries
 
 POLICY_GROUP = "policy.linkerd.io"
 GATEWAY_GROUP = "gateway.networking.k8s.io"

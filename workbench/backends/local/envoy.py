@@ -27,7 +27,8 @@ import yaml
 from workbench.backends.base import TrafficState, cookie_regex
 from workbench.backends.local.app import CALLER_HEADER
 from workbench.backends.local.certs import CertFiles, spiffe_id
-from workbench.config import CircuitBreaker, Fault, Policy, PolicyRule, Route
+from workbench.backends.traffic import CircuitBreaker, Fault, Policy, PolicyRule, Route
+from workbench.errors import BackendError
 
 T = "type.googleapis.com/"
 HCM = T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -88,7 +89,7 @@ ACCESS_LOG_FORMAT = {
 }
 
 
-class EnvoyConfigError(RuntimeError):
+class EnvoyConfigError(BackendError):
     """``envoy --mode validate`` rejected a rendered configuration."""
 
 

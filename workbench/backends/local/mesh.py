@@ -29,7 +29,7 @@ import psutil
 import requests
 
 from workbench.audit import ACTIONS, AuditLog
-from workbench.backends.base import BackendError, LoadTarget, Service, Split, full_split
+from workbench.backends.base import BackendError, LoadTarget, Service, Split, Writes, full_split
 from workbench.backends.local import envoy as ev
 from workbench.backends.local import prometheus as prom
 from workbench.backends.local.app import CALLER_HEADER
@@ -37,17 +37,31 @@ from workbench.backends.local.certs import make_certs
 from workbench.backends.local.layout import LOADGEN, Layout, Mode, plan
 from workbench.backends.local.procs import Managed, MeshProcessError, Supervisor, http_ok, wait_ready
 from workbench.backends.local.topology import Behaviour, Topology, load_topology
-from workbench.config import CircuitBreaker, Fault, Policy, Retries, Route
+from workbench.backends.traffic import CircuitBreaker, Fault, Policy, Retries, Route
 from workbench.load.results import LoadProfile, LoadResult
 from workbench.tools import find_binary
 
-__all__ = ["LocalMesh", "MeshProcessError", "default_state_dir"]
+__all__ = ["LocalMesh", "MeshProcessError", "default_state_dir", "running_mesh"]
 
 
 def default_state_dir() -> Path:
     """Where ``workbench local up`` keeps the state of a detached mesh."""
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "mesh-workbench" / "local"
+
+
+def running_mesh(mode: str | None = None, state_dir: Path | None = None) -> LocalMesh | None:
+    """The mesh ``workbench local up`` runs (state in ``state_dir``, default ``default_state_dir()``)
+    when all its processes are alive and, if ``mode`` is given, it runs in that mode; else None."""
+    state = state_dir or default_state_dir()
+    if not (state / "state.json").exists():
+        return None
+    try:
+        mesh = LocalMesh.attach(state)
+        mesh.check()
+    except Exception:  # a stale or broken state: as good as no mesh
+        return None
+    return mesh if mode is None or mesh.mode == mode else None
 
 
 def _require(name: str) -> Path:
@@ -181,7 +195,7 @@ class LocalMesh:
                       str(layout.procstats_port)]  # fmt: skip
         stats = self.supervisor.start("procstats", stats_argv, labels={"kind": "procstats"})
         # the run dir with a trailing separator names this mesh's entries and lets kill_stragglers find it
-        audit_argv = [py, "-m", "workbench.audit_exporter", str(self.audit.path), str(layout.audit_port),
+        audit_argv = [py, "-m", "workbench.audit.exporter", str(self.audit.path), str(layout.audit_port),
                       "--backend-context", f"{self.run_dir}{os.sep}"]  # fmt: skip
         audit = self.supervisor.start("audit exporter", audit_argv, labels={"kind": "audit"})
         for proc, app in zip(apps, (a for vs in layout.apps.values() for a in vs.values()), strict=True):
@@ -251,7 +265,7 @@ class LocalMesh:
         self._sync()
         return dict(self._policy(service).split)
 
-    def set_split(self, service: str, split: Split) -> None:
+    def set_split(self, service: str, split: Split) -> Writes:
         """Percentage weights per version (missing versions get 0); applied live via RDS."""
         self._sync()
         self._need_outbound("traffic splits")
@@ -260,10 +274,11 @@ class LocalMesh:
         before = dict(policy.split)
         with self._lock:
             policy.split = full
-            self._apply_routes(callee=service)
+            writes = self._apply_routes(callee=service)
         self._record("split", service, before, full)
+        return writes
 
-    def set_route(self, service: str, route: Route | None, version: str | None = None) -> None:
+    def set_route(self, service: str, route: Route | None, version: str | None = None) -> Writes:
         """Send requests matching ``route`` (header or cookie) to ``version``; None removes it."""
         self._sync()
         self._need_outbound("header/cookie routes")
@@ -273,10 +288,11 @@ class LocalMesh:
         before = _dump(policy.route)
         with self._lock:
             policy.route, policy.route_version = (route, version) if route is not None else (None, None)
-            self._apply_routes(callee=service)
+            writes = self._apply_routes(callee=service)
         self._record("route", service, before, {"match": _dump(route), "version": version})
+        return writes
 
-    def set_fault(self, service: str, fault: Fault | None, at: str = "client") -> None:
+    def set_fault(self, service: str, fault: Fault | None, at: str = "client") -> Writes:
         """Inject a delay or abort on calls to ``service``; None removes it.
 
         ``at="client"`` (Istio's place): the callers' outbound sidecars inject it, before their own
@@ -296,13 +312,15 @@ class LocalMesh:
         with self._lock:
             was_server = policy.fault is not None and policy.fault_at == "server"
             policy.fault, policy.fault_at = fault, at
+            writes: Writes = []
             if self._layout().has_outbound:
-                self._apply_routes(callee=service)
+                writes += self._apply_routes(callee=service)
             if was_server or (fault is not None and at == "server"):
-                self._apply_inbound(service)
+                writes += self._apply_inbound(service)
         self._record("fault", service, before, _fault_record(fault, at))
+        return writes
 
-    def set_policy(self, policy: Policy | None, service: str | None = None) -> None:
+    def set_policy(self, policy: Policy | None, service: str | None = None) -> Writes:
         """Authorization on a service's inbound sidecars; None (with ``service``) removes it."""
         self._sync()
         if self.mode == "none":
@@ -319,8 +337,9 @@ class LocalMesh:
                 self.policies.pop(target, None)
             else:
                 self.policies[target] = policy
-            self._apply_inbound(target)
+            writes = self._apply_inbound(target)
         self._record("policy", target, before, _dump(policy))
+        return writes
 
     def set_resilience(
         self,
@@ -328,7 +347,7 @@ class LocalMesh:
         retries: Retries | None = None,
         timeout_s: float | None = None,
         breaker: CircuitBreaker | None = None,
-    ) -> None:
+    ) -> Writes:
         """Retries and timeout (routes) and circuit breaking / outlier detection (clusters)."""
         self._sync()
         self._need_outbound("retries, timeouts and circuit breaking")
@@ -341,9 +360,10 @@ class LocalMesh:
         with self._lock:
             breaker_changed = _dump(policy.breaker) != _dump(breaker)
             policy.retries, policy.timeout_s, policy.breaker = retries, timeout_s, breaker
-            self._apply_routes(callee=service, clusters=breaker_changed)
+            writes = self._apply_routes(callee=service, clusters=breaker_changed)
         after = {"retries": _dump(retries), "timeout_s": timeout_s, "breaker": _dump(breaker)}
         self._record("resilience", service, before, after)
+        return writes
 
     def prometheus_url(self) -> str:
         assert self.layout is not None, "mesh not started"
@@ -523,24 +543,25 @@ class LocalMesh:
                 if kind in configs[sc.name]:
                     ev.write_atomic(sc.path(kind), configs[sc.name][kind])
 
-    def _apply_routes(self, callee: str, clusters: bool = False) -> None:
+    def _apply_routes(self, callee: str, clusters: bool = False) -> Writes:
         """Re-render, validate and swap in the outbound route (and cluster) files calling ``callee``."""
         view = self._view()
         targets = [sc for sc in self._layout().outbound.values() if callee in sc.callees]
         configs = {sc.name: ev.rendered(sc, view) for sc in targets}
         ev.validate(self._envoy, configs, self.run_dir / "validate")
         kinds = ("cds", "rds") if clusters else ("rds",)
-        self._swap(targets, configs, kinds)
+        return self._swap(targets, configs, kinds)
 
-    def _apply_inbound(self, service: str) -> None:
+    def _apply_inbound(self, service: str) -> Writes:
         view = self._view()
         targets = list(self._layout().inbound[service].values())
         configs = {sc.name: ev.rendered(sc, view) for sc in targets}
         ev.validate(self._envoy, configs, self.run_dir / "validate")
-        self._swap(targets, configs, ("rds",))
+        return self._swap(targets, configs, ("rds",))
 
-    def _swap(self, targets: list[ev.Sidecar], configs: dict[str, Any], kinds: tuple[str, ...]) -> None:
-        """Write files atomically, then wait until every Envoy reports the update applied."""
+    def _swap(self, targets: list[ev.Sidecar], configs: dict[str, Any], kinds: tuple[str, ...]) -> Writes:
+        """Write files atomically, then wait until every Envoy reports the update applied; return
+        what was written (one entry per sidecar and xDS kind)."""
         before = {sc.name: _update_counts(sc, kinds) for sc in targets}
         for sc in targets:
             for kind in kinds:
@@ -559,6 +580,11 @@ class LocalMesh:
         if pending:
             self.check()
             raise BackendError(f"{', '.join(s.name for s in pending)} did not apply the change within 10 s")
+        return [
+            {"sidecar": sc.name, "kind": kind, "path": str(sc.path(kind)), "config": configs[sc.name][kind]}
+            for sc in targets
+            for kind in kinds
+        ]
 
     def _app_spec(self, service: str, version: str) -> dict[str, Any]:
         layout = self._layout()

@@ -23,12 +23,13 @@ from typing import Any
 import psutil
 import requests
 
+from workbench.errors import BackendError
 from workbench.tools import die_with_parent
 
 _FATAL = re.compile(r"\]\[(critical|error)\]|Traceback|Error:|level=error|panic:|fatal", re.IGNORECASE)
 
 
-class MeshProcessError(RuntimeError):
+class MeshProcessError(BackendError):
     """A process of the local mesh is not running; the message names it and why."""
 
 

@@ -8,7 +8,8 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from workbench.config import ConfigError, Problem, Strict, parse_model
+from workbench.config.problems import ConfigError, Problem, parse_model
+from workbench.units import Strict
 
 DEMO = files("workbench.backends.local").joinpath("demo_topology.yaml")
 ServiceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")]

@@ -9,7 +9,7 @@ Istio's source/destination metrics on a cluster) — and, on a cluster, complete
 service that received no traffic, or a pod without a sidecar, still shows. Exports: JSON,
 Mermaid (``graph LR``) and Graphviz DOT; :meth:`ServiceGraph.figure` draws a layered plotly
 network (layers by call depth, edge width by rps, colour by error rate or p99), with a culprit
-from ``workbench.localize`` marked.
+from ``workbench.analysis.localize`` marked.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from workbench.metrics.histogram import merge
-from workbench.plots import COLOURS, styled
+from workbench.report.plots import COLOURS, styled
 
 __all__ = ["Edge", "Node", "ServiceGraph"]
 
@@ -124,8 +124,8 @@ class ServiceGraph:
 
     @classmethod
     def from_access_logs(cls, logs: pd.DataFrame) -> ServiceGraph:
-        """From Envoy access logs (``workbench.localize.read_access_logs``): exact per-request times."""
-        from workbench.localize import edges_from_logs
+        """From Envoy access logs (``analysis.localize.read_access_logs``): exact per-request times."""
+        from workbench.analysis.localize import edges_from_logs
 
         edges = edges_from_logs(logs)
         if not len(edges):
@@ -547,7 +547,7 @@ class ServiceGraph:
 
 
 def _service_of(name: str, services: set[str]) -> str:
-    from workbench.localize import _service_of as impl
+    from workbench.analysis.localize import _service_of as impl
 
     return impl(name, services)
 

@@ -36,6 +36,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from workbench.errors import WorkbenchError
+
 __all__ = [
     "ACTIONS",
     "GENESIS",
@@ -74,7 +76,7 @@ _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 _BEARER = re.compile(r"\b(?P<kind>Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.I)
 
 
-class AuditError(ValueError):
+class AuditError(WorkbenchError, ValueError):
     """Bad input to the audit log (unknown action, unreadable file), naming the field or file."""
 
 

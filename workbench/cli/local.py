@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from workbench.config import ConfigError
+from workbench.cli._common import ExitCode, err, out
 
 local_app = typer.Typer(help="Start, inspect and stop the embedded local mesh.", no_args_is_help=True)
 
@@ -46,18 +46,18 @@ def up(
     """Start the local mesh in the background and print its services and endpoints."""
     from workbench.backends.base import BackendError
     from workbench.backends.local.layout import MODES
-    from workbench.backends.local.mesh import LocalMesh, MeshProcessError, kill_stragglers
-    from workbench.cli import err, out
+    from workbench.backends.local.mesh import LocalMesh, kill_stragglers
+    from workbench.config.problems import ConfigError
 
     if mode not in MODES:
         err.print(f"--mode: must be one of {', '.join(MODES)} (got {mode!r})")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.INVALID)
     directory = _state_dir(state_dir)
     if _running(directory):
         err.print(
             f"a local mesh is already running (state in {directory}); stop it with 'workbench local down'"
         )
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
     kill_stragglers(directory)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -65,13 +65,13 @@ def up(
         mesh = LocalMesh(mode=mode, topology=topology, run_dir=directory, detached=True)  # type: ignore[arg-type]
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(ExitCode.INVALID) from None
     try:
         mesh.start()
-    except (MeshProcessError, BackendError, ValueError) as exc:
+    except (BackendError, ValueError) as exc:
         mesh.stop()
         err.print(f"local mesh did not start: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     except BaseException:
         mesh.stop()
         raise
@@ -92,12 +92,11 @@ def up(
 def status(state_dir: StateDir = None) -> None:
     """Say whether every process of the local mesh runs; name and explain the ones that don't."""
     from workbench.backends.local.mesh import LocalMesh
-    from workbench.cli import err, out
 
     directory = _state_dir(state_dir)
     if not (directory / "state.json").exists():
         err.print(f"no local mesh (no state in {directory}); start one with 'workbench local up'")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
     mesh = LocalMesh.attach(directory)
     state = json.loads((directory / "state.json").read_text())
     rows = mesh.status()
@@ -115,7 +114,7 @@ def status(state_dir: StateDir = None) -> None:
     for row in dead:
         err.print(row["problem"], markup=False)
     if dead:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
     out.print(f"all {len(rows)} processes running.")
 
 
@@ -123,7 +122,6 @@ def status(state_dir: StateDir = None) -> None:
 def down(state_dir: StateDir = None) -> None:
     """Stop every process of the local mesh (also after a crashed 'up')."""
     from workbench.backends.local.mesh import LocalMesh, kill_stragglers
-    from workbench.cli import out
 
     directory = _state_dir(state_dir)
     stopped = 0

@@ -21,8 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from workbench.errors import ExitCode
+
 FailOn = Literal["worse", "inconclusive", "never"]
-EXIT_OK, EXIT_GATE, EXIT_INVALID, EXIT_COULD_NOT_RUN = 0, 1, 2, 3
 RANK = {"ok": 0, "inconclusive": 1, "worse": 2}
 THRESHOLD = {"worse": 2, "inconclusive": 1, "never": 99}
 SUMMARY_SCHEMA = "summary.schema.json"
@@ -36,14 +37,14 @@ def reaches(severity: str, fail_on: FailOn) -> bool:
     return RANK.get(severity, -1) >= THRESHOLD[fail_on]
 
 
-def exit_status(results: Iterable[Mapping[str, Any]], fail_on: FailOn) -> int:
-    """0 pass, 1 a verdict reached the threshold, 3 an experiment could not run."""
+def exit_status(results: Iterable[Mapping[str, Any]], fail_on: FailOn) -> ExitCode:
+    """OK, FAILED (a verdict reached the threshold) or COULD_NOT_RUN (an experiment could not run)."""
     results = list(results)
     if any(r.get("status") != "ok" for r in results):
-        return EXIT_COULD_NOT_RUN
+        return ExitCode.COULD_NOT_RUN
     if any(reaches(str(r.get("severity")), fail_on) for r in results):
-        return EXIT_GATE
-    return EXIT_OK
+        return ExitCode.FAILED
+    return ExitCode.OK
 
 
 def summary(run: Mapping[str, Any], results: Iterable[Mapping[str, Any]], fail_on: FailOn) -> dict[str, Any]:

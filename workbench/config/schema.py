@@ -1,130 +1,57 @@
-"""The experiments.yaml schema (pydantic v2) and ``load()``.
+"""The experiments.yaml schema (pydantic v2), ``load()`` and ``loads()``.
 
 One file describes the backend, suite-wide statistical defaults and a list of experiments,
 each of a ``kind``. ``load()`` turns every problem into a ``ConfigError`` whose lines name the
-file, the YAML line, the field path and what was expected, e.g.::
+file, the YAML line, the field path and what was expected (``problems.py``), e.g.::
 
     experiments.yaml:14 experiments[2].steps[1].weight: must be between 0 and 100 (got 140)
+
+The traffic value types (split, route, fault, retries, circuit breaker, policy) are the backends'
+own (``workbench.backends.traffic``), durations and percentages ``workbench.units``': the schema
+sits above the layers it feeds and only composes their types.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    model_validator,
+from pydantic import Field, ValidationInfo, model_validator
+
+from workbench.backends.traffic import (
+    CircuitBreaker,
+    Fault,
+    HttpMethod,
+    Policy,
+    Retries,
+    Route,
+    Split,
+)
+from workbench.config.problems import ConfigError, Problem, format_path, parse_model
+from workbench.units import (
+    Connections,
+    Duration,
+    HttpUrl,
+    Name,
+    Percent,
+    PositiveDuration,
+    Rps,
+    Strict,
+    Weight,
 )
 
-from workbench.yamlload import Located, YamlProblem, load_yaml
-
-# ---------------------------------------------------------------------------------------------
-# Value types
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``"500ms"``, ``"30s"``, ``"1m30s"``, ``"2h"`` or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a duration like '30s' or '2m' (got {_show(value)})")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if text.startswith("-"):
-            raise ValueError(f"must be a positive duration (got {_show(value)})")
-        parts = _DURATION_PART.findall(text)
-        if not text or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"must be a duration like '30s', '500ms' or '2m' (got {_show(value)})")
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    else:
-        raise ValueError(f"must be a duration like '30s' or '2m' (got {_show(value)})")
-    if seconds < 0:
-        raise ValueError(f"must be a positive duration (got {_show(value)})")
-    return seconds
-
-
-def _positive_duration(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be longer than 0s")
-    return seconds
-
-
-def _percent(value: float) -> float:
-    if not 0 <= value <= 100:
-        raise ValueError(f"must be between 0 and 100 (got {_show(value)})")
-    return value
-
-
-def _split(weights: dict[str, int]) -> dict[str, int]:
-    if not weights:
-        raise ValueError("must name at least one version with its weight, e.g. {v1: 90, v2: 10}")
-    total = sum(weights.values())
-    if total != 100:
-        shown = " + ".join(str(w) for w in weights.values())
-        raise ValueError(f"weights must sum to 100 (got {shown} = {total})")
-    return weights
-
-
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
-
-
-def _name(value: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError(
-            "must be lowercase letters, digits, '-' or '_' (at most 63, used in file names and "
-            f"Kubernetes labels), e.g. 'checkout-ab' (got {_show(value)})"
-        )
-    return value
-
-
-def _http_url(value: str) -> str:
-    if not re.match(r"^https?://[^\s/]+", value):
-        raise ValueError(f"must be an http(s) URL like http://127.0.0.1:9090 (got {_show(value)})")
-    return value
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive_duration)]
-Percent = Annotated[float, AfterValidator(_percent)]
-Weight = Annotated[int, AfterValidator(_percent)]
-Split = Annotated[dict[str, Weight], AfterValidator(_split)]
-Name = Annotated[str, AfterValidator(_name)]
-Rps = Annotated[float, Field(gt=0)]
-Connections = Annotated[int, Field(ge=1, le=100_000)]
 Mode = Literal["none", "serveronly", "both", "both-mtls"]
 Metric = Literal["p50", "p75", "p90", "p95", "p99", "p999", "mean", "error_rate"]
 NoData = Literal["fail", "pass", "inconclusive"]
 LoadModel = Literal["open", "closed"]
-HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors, types are not silently coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------
 # Backend
 
 
-class LocalBackend(Strict):
+class LocalSettings(Strict):
     """The embedded mesh on 127.0.0.1: real Envoy sidecars, demo app, Prometheus, k6."""
 
     type: Literal["local"]
@@ -132,7 +59,7 @@ class LocalBackend(Strict):
     topology: str | None = Field(default=None, description="YAML file replacing the demo topology")
 
 
-class KubernetesBackend(Strict):
+class KubernetesSettings(Strict):
     """A cluster reached through kubeconfig (or in-cluster config) and its Prometheus."""
 
     type: Literal["kubernetes"]
@@ -144,7 +71,7 @@ class KubernetesBackend(Strict):
     dialect: Literal["istio", "linkerd", "consul", "envoy"] | None = None
 
 
-Backend = Annotated[Union[LocalBackend, KubernetesBackend], Field(discriminator="type")]  # noqa: UP007
+BackendSettings = Annotated[Union[LocalSettings, KubernetesSettings], Field(discriminator="type")]  # noqa: UP007
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,56 +105,11 @@ class Defaults(Strict):
         return self
 
 
-class Route(Strict):
-    """Route requests carrying a header (or cookie) value to the candidate version."""
-
-    header: str | None = None
-    cookie: str | None = None
-    value: str
-    percent: Percent = 50.0
-
-    @model_validator(mode="after")
-    def _one_of(self) -> Route:
-        if (self.header is None) == (self.cookie is None):
-            raise ValueError("give exactly one of 'header' or 'cookie'")
-        return self
-
-
 class Step(Strict):
     """One canary step: the canary's weight and how long it is held."""
 
     weight: Weight
     duration: PositiveDuration | None = None
-
-
-class Fault(Strict):
-    """Injected failure on a service: a delay or an HTTP abort for a percentage of requests."""
-
-    delay: PositiveDuration | None = None
-    abort: Annotated[int, Field(ge=200, le=599)] | None = None
-    percent: Percent = 100.0
-
-    @model_validator(mode="after")
-    def _one_of(self) -> Fault:
-        if (self.delay is None) == (self.abort is None):
-            raise ValueError("give exactly one of 'delay' (e.g. 100ms) or 'abort' (an HTTP status)")
-        return self
-
-
-class Retries(Strict):
-    attempts: Annotated[int, Field(ge=1, le=20)] = 2
-    per_try_timeout: PositiveDuration | None = None
-    retry_on: list[str] = ["5xx", "reset", "connect-failure"]
-
-
-class CircuitBreaker(Strict):
-    max_connections: Annotated[int, Field(ge=1)] | None = None
-    max_pending_requests: Annotated[int, Field(ge=1)] | None = None
-    max_requests: Annotated[int, Field(ge=1)] | None = None
-    consecutive_5xx: Annotated[int, Field(ge=1)] | None = 5
-    interval: PositiveDuration = 1.0
-    base_ejection_time: PositiveDuration = 30.0
-    max_ejection_percent: Percent = 100.0
 
 
 class Protection(Strict):
@@ -237,22 +119,6 @@ class Protection(Strict):
     retries: Retries | None = None
     timeout: PositiveDuration | None = None
     circuit_breaker: CircuitBreaker | None = None
-
-
-class PolicyRule(Strict):
-    """Who may call which paths with which methods (empty list = any)."""
-
-    sources: list[str] = []
-    paths: list[str] = []
-    methods: list[HttpMethod] = []
-
-
-class Policy(Strict):
-    """Authorization policy on one service, as Istio's AuthorizationPolicy models it."""
-
-    service: str
-    action: Literal["allow", "deny"] = "allow"
-    rules: Annotated[list[PolicyRule], Field(min_length=1)]
 
 
 class Expectation(Strict):
@@ -511,7 +377,7 @@ KINDS: tuple[str, ...] = tuple(
 class Config(Strict):
     """A whole experiments.yaml, with defaults filled into each experiment."""
 
-    backend: Backend = LocalBackend(type="local")
+    backend: BackendSettings = LocalSettings(type="local")
     defaults: Defaults = Defaults()
     experiments: Annotated[list[Experiment], Field(min_length=1)]
 
@@ -541,6 +407,18 @@ class Config(Strict):
             if problems:
                 raise ValueError("; ".join(f"{format_path(p)}: {m}" for p, m in problems))
         return self
+
+    def select(self, only: Iterable[str] = ()) -> list[Any]:
+        """The experiments named in ``only`` (all when empty), in file order; ValueError names the
+        unknown ones and the names there are (``workbench run --only``)."""
+        only = list(only)
+        names = [e.name for e in self.experiments]
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ValueError(
+                f"--only: no experiment named {', '.join(unknown)}; there are: {', '.join(names)}"
+            )
+        return [e for e in self.experiments if not only or e.name in only]
 
     def get(self, name: str) -> Any:
         """The experiment called ``name``; KeyError lists the names there are."""
@@ -617,29 +495,7 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple[Any, ...], str]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading and error reporting
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One invalid input: where it is and what was expected."""
-
-    source: str
-    line: int | None
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line else self.source
-        return f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """experiments.yaml is invalid; ``problems`` has one entry per problem."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+# Loading
 
 
 def load(path: str | Path) -> Config:
@@ -669,267 +525,5 @@ def loads(text: str, source: str = "experiments.yaml") -> Config:
     return cfg
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def parse_model(
-    text: str, model: type[M], source: str, context: dict[str, Any] | None = None
-) -> tuple[M, Located]:
-    """Parse YAML text into ``model``; every problem becomes a located ConfigError line."""
-    try:
-        located = load_yaml(text)
-    except YamlProblem as exc:
-        raise ConfigError([Problem(source, exc.line, "", exc.message)]) from None
-    data = located.data
-    keys = ", ".join(model.model_fields)
-    if data is None:
-        raise ConfigError([Problem(source, None, "", f"file is empty; expected a mapping with keys {keys}")])
-    if not isinstance(data, dict):
-        message = f"top level must be a mapping with keys {keys} (got {_kind_of(data)})"
-        raise ConfigError([Problem(source, 1, "", message)])
-    try:
-        return model.model_validate(data, context=context), located
-    except ValidationError as exc:
-        problems = [_problem(err, located, source, model) for err in exc.errors()]
-        raise ConfigError(_dedupe(problems)) from None
-
-
-def format_path(loc: Iterable[Any]) -> str:
-    """``("experiments", 2, "steps")`` -> ``experiments[2].steps``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _problem(err: dict[str, Any], located: Located, source: str, root: type[BaseModel]) -> Problem:
-    loc = _clean_loc(err["loc"], located.data)
-    kind, value = err["type"], err.get("input")
-    ctx = err.get("ctx") or {}
-    message: str
-    if loc and loc[-1] == "[key]":  # a mapping key of the wrong type, e.g. a version written as 1
-        loc = loc[:-2]
-        key = err["input"]
-        message = f"key {_show(key)} must be a string" + (
-            " — quote it in YAML" if not isinstance(key, str) else ""
-        )
-    elif kind == "invalid_key":
-        key = err["input"]
-        loc = loc[:-1]
-        message = f"key {_show(key)} must be a string" + (" — quote it in YAML" if key is not None else "")
-    elif kind == "missing":
-        message = "required field is missing"
-    elif kind == "extra_forbidden":
-        message = (
-            f"unknown key '{loc[-1]}'{_did_you_mean(str(loc[-1]), _allowed_keys(loc, located.data, root))}"
-        )
-    elif kind == "union_tag_not_found":
-        field = ctx.get("discriminator", "").strip("'")
-        loc = (*loc, field)
-        message = f"required field is missing; one of: {', '.join(_tags(loc))}"
-    elif kind == "union_tag_invalid":
-        field = ctx.get("discriminator", "").strip("'")
-        loc = (*loc, field)
-        tag = str(ctx.get("tag"))
-        options = _tags(loc)
-        close = difflib.get_close_matches(tag, options, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        shown = _show(_value_at(loc, located.data))
-        if loc == ("backend", "type") and isinstance(located.data.get("backend"), str):
-            loc, field, shown = ("backend",), "backend", _show(located.data["backend"])  # `backend: name`
-        message = f"unknown {field} {shown}{hint}; one of: {', '.join(options)}"
-    elif kind == "literal_error":
-        options = re.findall(r"'([^']*)'", ctx.get("expected", ""))
-        close = (
-            difflib.get_close_matches(str(value), options, n=1, cutoff=0.6) if isinstance(value, str) else []
-        )
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        message = f"must be one of {', '.join(options)} (got {_show(value)}){hint}"
-    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
-            kind
-        ]
-        bound = next(iter(ctx.values()))
-        message = f"must be {op} {_show(bound)} (got {_show(value)})"
-    elif kind == "too_short":
-        need = ctx.get("min_length", 1)
-        message = (
-            f"must have at least {need} item{'s' if need != 1 else ''} (got {ctx.get('actual_length', 0)})"
-        )
-    elif kind == "too_long":
-        message = f"must have at most {ctx.get('max_length')} items (got {ctx.get('actual_length')})"
-    elif kind in ("int_type", "int_parsing", "int_from_float"):
-        message = f"must be a whole number (got {_show(value)}{_unquote(value)})"
-    elif kind == "finite_number":
-        message = f"must be a finite number (got {_show(value)})"
-    elif kind in ("float_type", "float_parsing"):
-        message = f"must be a number (got {_show(value)}{_unquote(value)})"
-    elif kind in ("bool_type", "bool_parsing"):
-        message = f"must be true or false (got {_show(value)})"
-    elif kind == "string_type":
-        quote = " — quote it in YAML" if isinstance(value, int | float | bool) else ""
-        message = f"must be a string (got {_show(value)}{quote})"
-    elif kind in ("list_type", "tuple_type"):
-        message = f"must be a list (got {_show(value)})"
-    elif kind in ("dict_type", "model_type", "model_attributes_type", "model_class_type"):
-        message = f"must be a mapping of key: value (got {_show(value)})"
-    elif kind in ("value_error", "assertion_error"):
-        message = re.sub(r"^(Value|Assertion) error, ", "", err["msg"])
-    else:
-        message = err["msg"][:1].lower() + err["msg"][1:]
-    return Problem(source, located.line_of(loc), format_path(loc), message)
-
-
-def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
-    """Drop the tag pydantic inserts after a tagged union (``experiments.2.canary.steps``)."""
-    out: list[Any] = []
-    node = data
-    skip_tag = False
-    for part in loc:
-        if skip_tag and isinstance(node, dict) and part in (node.get("kind"), node.get("type"), "str"):
-            skip_tag = False
-            continue
-        skip_tag = False
-        out.append(part)
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            node = None
-        skip_tag = tuple(out) == ("backend",) or (
-            len(out) == 2 and out[0] == "experiments" and isinstance(out[1], int)
-        )
-    return tuple(out)
-
-
-def _value_at(loc: tuple[Any, ...], data: Any) -> Any:
-    for part in loc:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
-            data = data[part]
-        else:
-            return None
-    return data
-
-
-def _unwrap(tp: Any, node: Any) -> Any:
-    """Strip Annotated/Optional and pick the union member that ``node`` selects by tag."""
-    while True:
-        origin = get_origin(tp)
-        if origin is Annotated:
-            tp = get_args(tp)[0]
-            continue
-        if origin is Union or str(origin) == "types.UnionType":
-            members = [a for a in get_args(tp) if a is not type(None)]
-            if len(members) == 1:
-                tp = members[0]
-                continue
-            for member in members:
-                if isinstance(member, type) and issubclass(member, BaseModel) and isinstance(node, dict):
-                    for tag_field in ("kind", "type"):
-                        f = member.model_fields.get(tag_field)
-                        if f is not None and node.get(tag_field) in get_args(f.annotation):
-                            return member
-            return None
-        return tp
-
-
-def _allowed_keys(loc: tuple[Any, ...], data: Any, root: type[BaseModel]) -> list[str]:
-    tp: Any = root
-    node = data
-    if isinstance(node, dict) and isinstance(node.get("backend"), str):
-        node = {**node, "backend": {"type": node["backend"]}}
-    for part in loc[:-1]:
-        tp = _unwrap(tp, node)
-        if tp is None:
-            return []
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = tp.model_fields.get(part) if isinstance(part, str) else None
-            if field is None:
-                return []
-            tp = field.annotation
-        elif get_origin(tp) in (list, dict):
-            tp = get_args(tp)[-1]
-        else:
-            return []
-        node = (
-            node.get(part)
-            if isinstance(node, dict)
-            else (
-                node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
-            )
-        )
-    tp = _unwrap(tp, node)
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return list(tp.model_fields)
-    return []
-
-
-def _tags(loc: tuple[Any, ...]) -> list[str]:
-    if loc and loc[0] == "backend":
-        return ["local", "kubernetes"]
-    return list(KINDS)
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean '{close[0]}'?)"
-    if options:
-        return f"; expected one of: {', '.join(options)}"
-    return ""
-
-
-def _unquote(value: Any) -> str:
-    return " — write numbers without quotes" if isinstance(value, str) and _is_number(value) else ""
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _dedupe(problems: list[Problem]) -> list[Problem]:
-    seen: set[str] = set()
-    out = []
-    for p in problems:
-        if str(p) not in seen:
-            seen.add(str(p))
-            out.append(p)
-    return out
-
-
 def _nums(values: Iterable[float]) -> str:
     return ", ".join(f"{v:g}" for v in values)
-
-
-def _kind_of(value: Any) -> str:
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return f"the text {_show(value)}"
-    return f"the value {_show(value)}"
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it in YAML, shortened."""
-    if value is None:
-        text = "nothing (null)"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = repr(value)
-    elif isinstance(value, dict):
-        text = "a mapping"
-    elif isinstance(value, list):
-        text = "a list"
-    elif isinstance(value, float) and value.is_integer():
-        text = str(int(value)) if abs(value) < 1e15 else repr(value)
-    else:
-        text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."

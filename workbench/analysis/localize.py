@@ -53,10 +53,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.config import parse_duration
 from workbench.metrics.histogram import merge
 from workbench.stats.compare import Comparison, Margin, MetricResult, compare_tables
 from workbench.stats.windows import STAT_COLUMNS, window_table
+from workbench.units import parse_duration
 
 __all__ = [
     "LOG_COLUMNS",
@@ -378,8 +378,8 @@ class Localization:
                     "baseline": d.baseline if d else np.nan,
                     "changed": d.candidate if d else np.nan,
                     "estimate": d.estimate if d else np.nan,
-                    "ci_low": d.ci[0] if d else np.nan,
-                    "ci_high": d.ci[1] if d else np.nan,
+                    "ci_low": d.ci.low if d else np.nan,
+                    "ci_high": d.ci.high if d else np.nan,
                     "margin": d.margin if d else np.nan,
                     "unit": d.unit if d else "",
                     "pvalue": d.pvalue if d else np.nan,
@@ -397,7 +397,7 @@ class Localization:
 
 
 def _score(r: MetricResult) -> float:
-    lo = r.ci[0]
+    lo = r.ci.low
     if not math.isfinite(lo) or not r.margin:
         return -math.inf
     return lo / r.margin

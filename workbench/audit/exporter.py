@@ -10,7 +10,7 @@ With ``--backend-context`` (what the local mesh passes: its run directory) relea
 come only from that backend's entries; the event counts cover the whole log. The log is read
 incrementally at each scrape (a log that shrank is re-read from the start).
 
-Run as ``python -m workbench.audit_exporter LOG PORT [--backend-context CTX]``; the local mesh
+Run as ``python -m workbench.audit.exporter LOG PORT [--backend-context CTX]``; the local mesh
 starts it beside Prometheus, and on a cluster it can run anywhere Prometheus can scrape.
 """
 
@@ -139,7 +139,7 @@ class AuditCollector:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m workbench.audit_exporter", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m workbench.audit.exporter", description=__doc__)
     parser.add_argument("log", type=Path, help="the audit log (JSON lines)")
     parser.add_argument("port", type=int, help="port to serve /metrics on")
     parser.add_argument("--addr", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from workbench.cli._common import ExitCode, err, out
+
 if TYPE_CHECKING:
     from workbench.audit import AuditLog
 
@@ -29,32 +31,29 @@ Since = Annotated[
 def _open(file: Path | None, must_exist: bool = True) -> AuditLog:
     """The AuditLog of --file (exit 2, naming the file, when it does not exist)."""
     from workbench.audit import AuditLog
-    from workbench.cli import EXIT_INVALID, err
 
     log = AuditLog(file)
     if must_exist and not log.path.exists():
         err.print(f"--file: no audit log at {log.path}", markup=False)
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(ExitCode.INVALID)
     return log
 
 
 def _entries(file: Path | None, since: str | None) -> list[dict[str, Any]]:
     from workbench.audit import AuditError
-    from workbench.cli import EXIT_INVALID, err
 
     log = _open(file)
     try:
         return log.entries(since=since)
     except AuditError as exc:
         err.print(f"--{exc}", markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        raise typer.Exit(ExitCode.INVALID) from None
 
 
 @audit_app.command()
 def show(file: LogFile = None, since: Since = None) -> None:
     """A table of the entries: time, actor, action, target, before → after."""
     from workbench.audit import describe
-    from workbench.cli import out
 
     entries = _entries(file, since)
     table = Table(title=f"audit log {_open(file).path}: {len(entries)} entries", title_justify="left")
@@ -75,19 +74,18 @@ def show(file: LogFile = None, since: Since = None) -> None:
 def verify(file: LogFile = None) -> None:
     """Check the hash chain: exit 0 when intact, 1 naming the first bad line and why."""
     from workbench.audit import AuditError
-    from workbench.cli import EXIT_FAILED, EXIT_INVALID, err, out
 
     log = _open(file)
     try:
         result = log.verify()
     except AuditError as exc:
         err.print(f"--file: {exc}", markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        raise typer.Exit(ExitCode.INVALID) from None
     for warning in result.warnings:
         err.print(f"warning: {warning}", markup=False)
     if not result.ok:
         err.print(f"{result.path}:{result.first_bad_line}: {result.reason}", markup=False)
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.FAILED)
     out.print(str(result), markup=False)
 
 
@@ -104,7 +102,6 @@ def grafana_annotations(
 ) -> None:
     """The entries as Grafana annotation API bodies (POST /api/annotations): a JSON list."""
     from workbench import audit
-    from workbench.cli import err
 
     bodies = audit.grafana_annotations(_entries(file, since), dashboard_uid=dashboard_uid)
     text = json.dumps(bodies, indent=1, ensure_ascii=False)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-EXIT_INTERRUPTED = 130
+from workbench.cli._common import ExitCode, err, load_or_exit, out
+
 FAIL_ON = ("worse", "inconclusive", "never")
 
 
@@ -48,27 +49,32 @@ def run(
     run (a dependency missing, the backend unreachable: marked failed in the index with the
     reason; the others still run), 130 interrupted.
     """
-    from workbench import ci, config
-    from workbench.cli import EXIT_INVALID, _load_or_exit, err, out
-    from workbench.runner import run_suite
-
     if fail_on not in FAIL_ON:
         err.print(f"--fail-on: must be one of {', '.join(FAIL_ON)} (got {fail_on!r})")
-        raise typer.Exit(EXIT_INVALID)
-    cfg = _load_or_exit(file)
+        raise typer.Exit(ExitCode.INVALID)
+    cfg = load_or_exit(file)
+    try:
+        selected = cfg.select(only or ())
+    except ValueError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(ExitCode.INVALID) from None
     if dry_run:
-        _dry_run(cfg, only or [])
+        _dry_run(cfg, selected)
         return
+    from workbench import config  # the suite's imports (papermill, plotly, scipy) take seconds
+    from workbench.report import ci
+    from workbench.suite.runner import run_suite
+
     try:
         outcome = run_suite(file, only=only or (), quick=quick, reports=reports, mesh_state=mesh_state,
                             echo=lambda line: out.print(line, markup=False), fail_on=fail_on,  # type: ignore[arg-type]
                             seed=seed)  # fmt: skip
     except ValueError as exc:
         err.print(str(exc), markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        raise typer.Exit(ExitCode.INVALID) from None
     except config.ConfigError as exc:  # pragma: no cover - validated above
         err.print(str(exc), markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        raise typer.Exit(ExitCode.INVALID) from None
     index = reports.resolve() / "index.html"
     for r in outcome.results:
         out.print(
@@ -78,32 +84,28 @@ def run(
     out.print(f"report: {index}")
     if outcome.interrupted:
         err.print("interrupted: the reports show what was collected")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(ExitCode.INTERRUPTED)
     status = ci.exit_status(outcome.results, fail_on)  # type: ignore[arg-type]
-    if status == ci.EXIT_COULD_NOT_RUN:
+    if status == ExitCode.COULD_NOT_RUN:
         err.print(f"could not run: {', '.join(outcome.failed)} (reasons in the index)")
-    elif status == ci.EXIT_GATE:
+    elif status == ExitCode.FAILED:
         gated = [r["name"] for r in outcome.results if ci.reaches(str(r.get("severity")), fail_on)]  # type: ignore[arg-type]
         err.print(f"--fail-on {fail_on}: {', '.join(gated)} reached it")
     raise typer.Exit(status)
 
 
-def _dry_run(cfg: object, only: list[str]) -> None:
-    from workbench.backends.base import BackendError
-    from workbench.cli import EXIT_INVALID, err, out
-    from workbench.dryrun import plan_run
-    from workbench.runner import select_experiments
+def _dry_run(cfg: object, selected: list[Any]) -> None:
+    from workbench.errors import BackendError
+    from workbench.suite.dryrun import plan_run
 
     try:
-        plan_run(
-            cfg, select_experiments(cfg, only), lambda line: out.print(line, markup=False, soft_wrap=True)
-        )  # type: ignore[arg-type]
+        plan_run(cfg, selected, lambda line: out.print(line, markup=False, soft_wrap=True))  # type: ignore[arg-type]
     except ValueError as exc:
         err.print(str(exc), markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        raise typer.Exit(ExitCode.INVALID) from None
     except BackendError as exc:
         err.print(f"dry run: {exc}", markup=False)
-        raise typer.Exit(3) from None
+        raise typer.Exit(ExitCode.COULD_NOT_RUN) from None
 
 
 def report(
@@ -114,8 +116,7 @@ def report(
     data: Annotated[Path, typer.Option(help="Where runs are stored.")] = Path("data/runs"),
 ) -> None:
     """Re-analyse a stored run and re-render its reports, without generating any load."""
-    from workbench.cli import EXIT_INVALID, err, out
-    from workbench.runner import rerender
+    from workbench.suite.runner import rerender
 
     try:
         outcome = rerender(
@@ -123,5 +124,5 @@ def report(
         )
     except FileNotFoundError as exc:
         err.print(str(exc), markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        raise typer.Exit(ExitCode.INVALID) from None
     out.print(f"report: {outcome.index}")

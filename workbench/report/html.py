@@ -19,9 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import nbformat
-from nbconvert import HTMLExporter
-
 SEVERITY_STYLE = {
     "ok": ("#e8f5e9", "#1b5e20"),
     "inconclusive": ("#fff8e1", "#8d6e00"),
@@ -34,6 +31,9 @@ EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\ssrc=\"https?://[^\"]*\"[^>]*>\s*</s
 
 def render_html(notebook: Path, target: Path, title: str) -> Path:
     """Render an executed notebook as one HTML file with code cells hidden and plotly.js inline."""
+    import nbformat  # imported here: nbformat's schema checks cost seconds at import
+    from nbconvert import HTMLExporter
+
     nb = nbformat.read(notebook, as_version=4)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     exporter.exclude_anchor_links = True

@@ -25,7 +25,6 @@ from typing import Any
 
 import psutil
 
-from workbench import ci, report
 from workbench import config as cfgmod
 from workbench.audit import ENV_RUN_ID, AuditError, AuditLog
 from workbench.experiments import NOTEBOOKS
@@ -37,9 +36,11 @@ from workbench.experiments.session import (
     quick_spec,
     read_result,
 )
-from workbench.kernel import SuiteKernel
+from workbench.report import ci
+from workbench.report import html as report_html
+from workbench.suite.kernel import SuiteKernel
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 RUN_FILE = "run.json"
 SHARED_BACKEND_KINDS = {"loadtest", "ab", "canary", "authz", "resilience"}
 
@@ -80,7 +81,7 @@ def run_suite(
     """
     config_file = Path(config_file).resolve()
     cfg = cfgmod.load(config_file)
-    selected = select_experiments(cfg, only)
+    selected = cfg.select(only)
     if seed is None:
         seed = cfg.defaults.seed if cfg.defaults.seed is not None else random.SystemRandom().randrange(2**31)
     run_id = new_run_id()
@@ -93,7 +94,7 @@ def run_suite(
         "config_text": config_file.read_text(encoding="utf-8"),
         "quick": quick,
         "backend": _describe_backend(cfg),
-        "started": report.now_iso(),
+        "started": report_html.now_iso(),
         "experiments": [e.name for e in selected],
         "seed": seed,
         "fail_on": fail_on,
@@ -135,7 +136,7 @@ def run_suite(
                 echo(f"[{i}/{total}] {spec.name}: {result['verdict']} ({result['duration_s']:.0f} s){tail}")
     finally:
         outcome.interrupted = guard.requested
-        run["finished"] = report.now_iso()
+        run["finished"] = report_html.now_iso()
         run["interrupted"] = guard.requested
         report_json(data_dir / RUN_FILE, run)
         _finish(reports, data_dir, run, outcome.results, fail_on)
@@ -147,7 +148,7 @@ def _finish(
 ) -> None:
     """Index page, summary.json and junit.xml; then scrub every artifact of the run of secrets."""
     run_id = data_dir.name
-    report.write_index(reports, run_id, run, results)
+    report_html.write_index(reports, run_id, run, results)
     ci.write_artifacts(reports / run_id, run, results, fail_on)
     scrub = ci.Scrubber.from_environment()
     for path in [*(reports / run_id).glob("*"), *data_dir.glob("*.ipynb"), *data_dir.glob("*/result.json")]:
@@ -219,17 +220,9 @@ def _rerender_each(
             result = stored or _not_run(spec, "no stored result")
             nb = data_dir / f"{name}.ipynb"
             if nb.exists():
-                report.render_html(nb, out_dir / f"{name}.html", name)
+                report_html.render_html(nb, out_dir / f"{name}.html", name)
                 result["report"] = f"{name}.html"
         outcome.results.append(result)
-
-
-def select_experiments(cfg: cfgmod.Config, only: Sequence[str]) -> list[Any]:
-    names = [e.name for e in cfg.experiments]
-    unknown = [n for n in only if n not in names]
-    if unknown:
-        raise ValueError(f"--only: no experiment named {', '.join(unknown)}; there are: {', '.join(names)}")
-    return [e for e in cfg.experiments if not only or e.name in only]
 
 
 def _run_one(
@@ -275,7 +268,7 @@ def _run_one(
                verdict=result.get("verdict"), status=result.get("status"), headline=result.get("headline"),
                restored=result.get("restored"))  # fmt: skip
     if executed.exists():
-        report.render_html(executed, out_dir / f"{spec.name}.html", spec.name)
+        report_html.render_html(executed, out_dir / f"{spec.name}.html", spec.name)
         result["report"] = f"{spec.name}.html"
     return result
 
@@ -344,18 +337,13 @@ def _shared_mesh(
     if cfg.backend.type != "local" or not any(e.kind in SHARED_BACKEND_KINDS for e in selected):
         yield None
         return
-    from workbench.backends.local.mesh import LocalMesh, default_state_dir
+    from workbench.backends.local.mesh import LocalMesh, running_mesh
 
-    existing = default_state_dir()
-    try:
-        attached = LocalMesh.attach(existing)
-        attached.check()
-        if attached.mode == cfg.backend.mode:
-            echo(f"using the local mesh of 'workbench local up' ({existing})")
-            yield existing
-            return
-    except Exception:
-        pass
+    attached = running_mesh(cfg.backend.mode)
+    if attached is not None:
+        echo(f"using the local mesh of 'workbench local up' ({attached.run_dir})")
+        yield attached.run_dir
+        return
     echo(f"starting the local mesh (mode {cfg.backend.mode}) ...")
     with LocalMesh(mode=cfg.backend.mode, topology=cfg.backend.topology) as mesh:
         mesh.save_state()

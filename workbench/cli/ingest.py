@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from workbench.load.results import LoadResult, ResultFileError
+from workbench.cli._common import ExitCode, out
+from workbench.errors import WorkbenchError
 
-EXIT_INVALID = 2
+if TYPE_CHECKING:
+    from workbench.load.results import LoadResult
+
 LATENCY_COLUMNS = {"p50": "p50", "p75": "p75", "p90": "p90", "p99": "p99", "p999": "p99.9", "max": "max"}
 
 
@@ -79,7 +82,6 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON instead.")] = False,
 ) -> None:
     """Read load-generator result files and print one summary row per file."""
-    from workbench.cli import out
     from workbench.load.formats import read_any
 
     results: list[tuple[Path, LoadResult]] = []
@@ -87,7 +89,7 @@ def ingest(
     for path in files:
         try:
             results.append((path, read_any(path)))
-        except ResultFileError as exc:
+        except WorkbenchError as exc:  # a ResultFileError: file, field and problem
             typer.echo(str(exc), err=True)  # one plain line: "file: field: problem"
             failed = True
     if as_json:
@@ -95,4 +97,4 @@ def ingest(
     elif results:
         out.print(_table(results))
     if failed:
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(ExitCode.INVALID)

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from workbench.errors import WorkbenchError
+
 Path_ = tuple[str | int, ...]
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
@@ -36,7 +38,7 @@ class Located:
         return None
 
 
-class YamlProblem(Exception):
+class YamlProblem(WorkbenchError, ValueError):
     """A file that is not well-formed YAML; ``line`` is 1-based or None."""
 
     def __init__(self, message: str, line: int | None = None):

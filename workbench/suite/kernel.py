@@ -16,7 +16,7 @@ from typing import Any
 
 from jupyter_core.utils import run_sync
 
-PRELOAD = "import IPython.display, workbench.experiments, workbench.plots  # noqa"
+PRELOAD = "import IPython.display, workbench.experiments, workbench.report.plots  # noqa"
 # silent, so the counter does not move; a new history session restarts it at 1 and clears the names
 RESET = "get_ipython().reset(new_session=True)\nimport os as _os; _os.chdir({cwd!r}); del _os\n"
 
