@@ -67,7 +67,7 @@ test: install-test
 check: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" tests
 
 # JupyterLab on the notebooks, on loopback; as root it needs --allow-root. PORT=8888 by default.
 lab: install

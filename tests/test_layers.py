@@ -86,7 +86,6 @@ def imports_of(source: str, name: str, is_package: bool, known: set[str]) -> set
     return {m for m in found if m in known}
 
 
-@functools.cache
 def import_graph(root: Path) -> dict[str, set[str]]:
     files = {module_name(p, root): p for p in root.rglob("*.py")}
     known = set(files)
@@ -94,6 +93,12 @@ def import_graph(root: Path) -> dict[str, set[str]]:
         name: imports_of(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known) - {name}
         for name, path in files.items()
     }
+
+
+@functools.cache
+def package_graph() -> dict[str, set[str]]:
+    """The workbench package's graph, read once per test run."""
+    return import_graph(PACKAGE)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -132,14 +137,14 @@ def layer_of(module: str) -> int:
 
 
 def test_no_import_cycle_inside_the_package() -> None:
-    cycle = find_cycle(import_graph(PACKAGE))
+    cycle = find_cycle(package_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 def test_dependencies_point_down_the_chain() -> None:
     upward = [
         f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
-        for a, deps in import_graph(PACKAGE).items()
+        for a, deps in package_graph().items()
         for b in deps
         if layer_of(b) > layer_of(a)
     ]
@@ -149,7 +154,7 @@ def test_dependencies_point_down_the_chain() -> None:
 def test_config_sits_above_what_it_feeds() -> None:
     bad = [
         f"{a} imports {b}"
-        for a, deps in import_graph(PACKAGE).items()
+        for a, deps in package_graph().items()
         if a.startswith(NEVER_IMPORTS_CONFIG)
         for b in deps
         if b == "workbench.config" or b.startswith("workbench.config.schema")
