@@ -47,8 +47,14 @@ def test_make_lab_serves_the_notebooks_on_loopback_and_prints_the_url() -> None:
             url = found.group(1) if found else None
         assert url, "".join(seen)
         assert "open the http://127.0.0.1" in "".join(seen)
-        contents = requests.get(url.replace("/lab?", "/api/contents?"), timeout=10)
-        assert contents.status_code == 200
+        contents = None
+        for _ in range(30):  # Jupyter prints the URL a moment before it accepts connections
+            try:
+                contents = requests.get(url.replace("/lab?", "/api/contents?"), timeout=10)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert contents is not None and contents.status_code == 200
         names = {item["name"] for item in contents.json()["content"]}
         assert {"ab.ipynb", "canary.ipynb", "experiments.ipynb"} <= names
     finally:
