@@ -328,11 +328,13 @@ def _synthetic_step(start: pd.Timestamp, weight: int, seed: int) -> LoadResult:
 
 
 def test_analyse_a_run_stopped_after_two_of_five_steps(suite: Path, tmp_path: Path) -> None:
-    """No end event (the process was killed): analyse still judges the two stored steps."""
+    """No end event (the process was killed): analyse still judges the two stored steps (the
+    alpha-spending plan: two of its four looks spent)."""
     s = open_session(suite, "bad", tmp_path / "run", replay=True)
     plan = canary.plan_of(s.spec)
-    plan = canary.Plan.from_json({**plan.to_json(), "steps": [{"weight": w, "duration_s": 3.0}
-                                                              for w in (5, 10, 25, 50, 100)]})  # fmt: skip
+    plan = canary.Plan.from_json({**plan.to_json(), "sequential": "alpha-spending",
+                                  "steps": [{"weight": w, "duration_s": 3.0}
+                                            for w in (5, 10, 25, 50, 100)]})  # fmt: skip
     t0 = pd.Timestamp("2026-01-01T00:00:00Z")
     events: list[dict] = [{"time": t0.isoformat(), "event": "initial split", "split": {"v1": 100}}]
     test = plan.test()
