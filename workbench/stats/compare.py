@@ -212,24 +212,10 @@ def compare_tables(
 ) -> Comparison:
     """``compare`` on ready window tables (index: window number; columns count, errors and the
     metrics), for per-window values derived elsewhere, e.g. self-times from telemetry."""
-    return judge_tables(wa, wb, metrics, window_s, margin, alpha, paired, no_data, FixedSample())
-
-
-def judge_tables(
-    wa: pd.DataFrame,
-    wb: pd.DataFrame,
-    metrics: Sequence[str],
-    window_s: float,
-    margin: Margin | None,
-    alpha: float,
-    paired: bool | Literal["auto"],
-    no_data: NoData,
-    rule: Rule,
-) -> Comparison:
-    """The comparison under ``rule`` (fixed sample, or a confidence sequence's look)."""
-    columns = [m for m in metrics if m != "error_rate"]
-    return judge_pair(Pair.of(wa, wb, columns), metrics, window_s, margin, alpha, paired, no_data, rule,
-                      {"a": wa, "b": wb})  # fmt: skip
+    pair = Pair.of(wa, wb, metrics)
+    return judge_pair(
+        pair, metrics, window_s, margin, alpha, paired, no_data, FixedSample(), {"a": wa, "b": wb}
+    )
 
 
 def judge_pair(
@@ -243,7 +229,8 @@ def judge_pair(
     rule: Rule,
     windows: dict[str, pd.DataFrame] | None = None,
 ) -> Comparison:
-    """``judge_tables`` on aligned windows (``estimates.Pair``)."""
+    """The comparison of aligned windows (``estimates.Pair``) under ``rule``: fixed sample, or one
+    look of a confidence sequence."""
     margin = margin or Margin()
     is_paired = pair.concurrent if paired == "auto" else bool(paired)
     found = {

@@ -59,24 +59,17 @@ class Counts:
         d = pb - pa
         return d - math.hypot(pb - lb, ua - pa), d + math.hypot(ub - pb, pa - la)
 
-    def z_for(self, value: float, upper: bool) -> float:
-        """The critical value at which the lower (or upper) end of the interval reaches ``value``:
-        the score statistic of H0 "difference <= value" (or ">= value"); <= 0 means no evidence."""
-        d = self.errors_b / self.requests_b - self.errors_a / self.requests_a
-        if (d <= value) if not upper else (d >= value):
+    def z_for(self, value: float) -> float:
+        """The critical value at which the interval's lower end reaches ``value``: the score
+        statistic of H0 "difference <= value" (0: no evidence against it)."""
+        if self.errors_b / self.requests_b - self.errors_a / self.requests_a <= value:
             return 0.0
-
-        def end(z: float) -> float:
-            lo, hi = self.bounds(z)
-            return hi if upper else lo
-
         lo, hi = 0.0, 64.0
-        if (end(hi) > value) if not upper else (end(hi) < value):
+        if self.bounds(hi)[0] > value:
             return math.inf
-        for _ in range(60):  # bisection: the ends move monotonically away from d as z grows
+        for _ in range(60):  # bisection: the lower end falls as z grows
             mid = 0.5 * (lo + hi)
-            beyond = end(mid) > value if not upper else end(mid) < value
-            lo, hi = (mid, hi) if beyond else (lo, mid)
+            lo, hi = (mid, hi) if self.bounds(mid)[0] > value else (lo, mid)
         return 0.5 * (lo + hi)
 
 
@@ -112,15 +105,14 @@ class Estimate:
     def ok(self) -> bool:
         return not self.note
 
-    def pvalue(self, value: float, rule: Rule, upper: bool = False) -> float:
-        """One-sided p-value of H0 "difference <= value" (``upper``: H0 "difference >= value")."""
-        sign = -1.0 if upper else 1.0
+    def pvalue(self, value: float, rule: Rule) -> float:
+        """One-sided p-value of H0 "difference <= value" (the test of "worse than value")."""
         if self.se > 0:
-            p = rule.pvalue(sign * (self.estimate - value) / self.se, self.df, self.n_windows)
+            p = rule.pvalue((self.estimate - value) / self.se, self.df, self.n_windows)
         else:
-            p = 0.0 if sign * (self.estimate - value) > 0 else 1.0
+            p = 0.0 if self.estimate > value else 1.0
         if self.floor is not None:
-            z = self.floor.z_for(value / self.scale, upper)
+            z = self.floor.z_for(value / self.scale)
             p = max(p, rule.pvalue(z, math.inf, self.n_windows) if z > 0 else 1.0)
         return float(p)
 
@@ -179,9 +171,10 @@ class Pair:
     b: dict[str, np.ndarray]
 
     @classmethod
-    def of(cls, wa: pd.DataFrame, wb: pd.DataFrame, columns: Sequence[str]) -> Pair:
+    def of(cls, wa: pd.DataFrame, wb: pd.DataFrame, metrics: Sequence[str]) -> Pair:
+        """The windows of ``wa`` and ``wb`` with the columns ``metrics`` need."""
         union = wa.index.union(wb.index)
-        cols = list(dict.fromkeys(["count", "errors", *columns]))
+        cols = list(dict.fromkeys(["count", "errors", *(m for m in metrics if m != "error_rate")]))
 
         def aligned(t: pd.DataFrame) -> dict[str, np.ndarray]:
             t = t.reindex(index=union, columns=cols)

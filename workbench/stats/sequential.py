@@ -111,7 +111,7 @@ class AnytimeTest:
 
     def look_tables(self, wa: pd.DataFrame, wb: pd.DataFrame, final: bool = False) -> Decision:
         """``look`` on ready window tables (``compare.window_tables``)."""
-        return self._look(Pair.of(wa, wb, self._columns), final, {"a": wa, "b": wb})
+        return self._look(Pair.of(wa, wb, self.metrics), final, {"a": wa, "b": wb})
 
     def look_each_window(
         self, wa: pd.DataFrame, wb: pd.DataFrame, after: int | None = None, final: bool = False
@@ -119,7 +119,7 @@ class AnytimeTest:
         """One look after each window past window number ``after`` (all when None), each on the data up
         to that window; stops at the first look that does not say ``continue``. ``final`` makes the
         look at the last window the final one. Returns the looks made (none when no new window)."""
-        pair = Pair.of(wa, wb, self._columns)
+        pair = Pair.of(wa, wb, self.metrics)
         first = int(np.searchsorted(pair.window, after, side="right")) if after is not None else 0
         made: list[Decision] = []
         for k in range(first + 1, len(pair.window) + 1):
@@ -130,10 +130,6 @@ class AnytimeTest:
             if d.action != "continue":
                 break
         return made
-
-    @property
-    def _columns(self) -> list[str]:
-        return [m for m in self.metrics if m != "error_rate"]
 
     def _look(self, pair: Pair, final: bool, windows: dict[str, pd.DataFrame] | None) -> Decision:
         comparison = judge_pair(pair, self.metrics, self.window_s, self.margin, self.alpha, "auto",

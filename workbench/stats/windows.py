@@ -62,7 +62,12 @@ def start_of(x: WindowInput) -> pd.Timestamp | None:
     """The earliest timestamp of ``x``."""
     samples = as_samples(x)
     if samples is not None:
-        return pd.Timestamp(samples["timestamp"].min()) if len(samples) else None
+        if not len(samples):
+            return None
+        ts = samples["timestamp"]
+        first = pd.Timestamp(ts.to_numpy(dtype="datetime64[ns]").min())  # UTC; numpy's min, no NaT pass
+        tz = getattr(ts.dtype, "tz", None)
+        return first.tz_localize("UTC").tz_convert(tz) if tz is not None else first
     frame = _hist_frame(x)
     return pd.Timestamp(frame.index.min()) if len(frame) else None
 
@@ -78,18 +83,18 @@ def window_table(x: WindowInput, window_s: float, origin: pd.Timestamp) -> pd.Da
 def _from_samples(samples: pd.DataFrame, window_s: float, origin: pd.Timestamp) -> pd.DataFrame:
     if len(samples) == 0:
         return pd.DataFrame(columns=STAT_COLUMNS, dtype=float)
-    ts = samples["timestamp"].to_numpy(dtype="datetime64[ns]")
-    start = np.datetime64(origin.tz_convert(None) if origin.tzinfo else origin, "ns")
-    w = np.subtract(ts.view(np.int64), start.view(np.int64))
-    w //= int(window_s * 1e9)
+    t = samples["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    start = np.datetime64(origin.tz_convert(None) if origin.tzinfo else origin, "ns").view(np.int64)
+    width = int(window_s * 1e9)
     lat = np.ascontiguousarray(samples["latency_ms"].to_numpy(dtype=float))
     status = samples["status"].to_numpy()
     err = (status <= 0) | (status >= 500)
-    if len(w) > 1 and not bool((w[1:] >= w[:-1]).all()):  # not in time order: group the windows
-        order = np.argsort(w, kind="stable")  # timsort: nearly sorted input (k6's) is cheap
-        w, lat, err = w[order], lat[order], err[order]
-    first = int(w[0])
-    bounds = np.searchsorted(w, np.arange(first, int(w[-1]) + 2))  # each window's run in the data
+    if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):  # not in time order: group the windows first
+        order = np.argsort(t, kind="stable")  # timsort: nearly sorted input (k6's) is cheap
+        t, lat, err = t[order], lat[order], err[order]
+    first, last = (int(t[0]) - start) // width, (int(t[-1]) - start) // width
+    edges = start + width * np.arange(first, last + 2, dtype=np.int64)
+    bounds = np.searchsorted(t, edges)  # each window's run of the (time-ordered) data
     counts_all = np.diff(bounds)
     present = np.flatnonzero(counts_all)
     starts, counts = bounds[present], counts_all[present]
@@ -102,7 +107,7 @@ def _from_samples(samples: pd.DataFrame, window_s: float, origin: pd.Timestamp) 
     return pd.DataFrame(columns, index=pd.Index(present + first, name="window"), columns=STAT_COLUMNS)
 
 
-CHUNK = 1 << 18  # latencies selected in one go: a few cache-sized arrays
+CHUNK = 1 << 16  # latencies selected in one go (a window that is larger goes alone): cache-sized
 CELLS = 1 << 14  # (window, bucket) cells of one chunk's count table
 
 
@@ -125,20 +130,26 @@ def _window_quantiles(lat: np.ndarray, starts: np.ndarray, counts: np.ndarray) -
 def _select(lat: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The quantiles of consecutive windows of ``lat`` (runs of ``counts``), exactly.
 
-    Every latency falls in a bucket of its float bits (IEEE doubles, made order-preserving, keep
-    their order as integers; the top bits are a log-scale bucket); one count table per (window,
-    bucket) says in which bucket each wanted rank lies and at which rank within it; only the few
-    latencies in those buckets are then sorted."""
+    Every latency falls in a bucket of its float bits (IEEE doubles keep their order as integers,
+    negatives once made order-preserving; the top bits are a log-scale bucket); one count table per
+    (window, bucket) says in which bucket each wanted rank lies and at which rank within it; only the
+    few latencies in those buckets are then sorted."""
     n_windows = len(counts)
-    bits = lat.view(np.uint64)
-    flip = bits >> np.uint64(63)  # negatives: invert every bit; others: set the sign bit
-    flip *= np.uint64(0x7FFFFFFFFFFFFFFF)
-    flip += np.uint64(1 << 63)
-    key = np.bitwise_xor(bits, flip, out=flip)  # unsigned-integer order = float order
-    key -= key.min()
     per_window = max(CELLS // n_windows, 2)
-    key >>= np.uint64(max(int(key.max()) // per_window, 0).bit_length())
-    key = key.view(np.int64)
+    key = lat.view(np.int64)
+    low = int(key.min())
+    if low >= 0:  # the usual case: no negative latency, the bits as they are
+        key = key - low
+        key >>= max(int(key.max()) // per_window, 0).bit_length()
+    else:  # negative values (e.g. self-times): make the bits order-preserving as unsigned integers
+        bits = lat.view(np.uint64)
+        flip = bits >> np.uint64(63)  # negatives: invert every bit; others: set the sign bit
+        flip *= np.uint64(0x7FFFFFFFFFFFFFFF)
+        flip += np.uint64(1 << 63)
+        ordered = np.bitwise_xor(bits, flip, out=flip)
+        ordered -= ordered.min()
+        ordered >>= np.uint64(max(int(ordered.max()) // per_window, 0).bit_length())
+        key = ordered.view(np.int64)
     buckets = int(key.max()) + 1
     if n_windows > 1:
         key += np.repeat(np.arange(0, n_windows * buckets, buckets), counts)  # the (window, bucket) cell
