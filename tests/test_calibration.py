@@ -98,3 +98,81 @@ def test_reference_judges_behave_as_documented() -> None:
     assert cal.kayenta("p50", window=10)(a, worse) is True
     assert cal.flagger("p99", limit=1e6)(a, worse) is False and cal.flagger("p99", limit=0.1)(a, b) is True
     assert cal.naive()(a, cal.with_effect(b, "add_ms", 0.2)) is True  # trivia called significant
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios real traffic brings: A/A false alarms of compare() and of the canary looking after
+# every window (the anytime-valid test), for every metric (issue 15).
+
+WILSON_MAX = 0.08
+
+
+def _scenario_data(scenario: cal.Scenario, recorded: pd.DataFrame | None = None):
+    if recorded is not None:
+        return cal.segments(recorded)
+    return lambda seed: cal.synthetic_run(seconds=60, rps=scenario.rps, seed=seed)
+
+
+def _assert_calibrated(fa: cal.FalseAlarms, where: str) -> None:
+    rates = {**{m: r for m, r in fa.per_metric.items()}, "any metric": fa.any_metric, "canary": fa.canary}
+    for what, r in rates.items():
+        assert r.rate <= ALPHA and r.wilson.high <= WILSON_MAX, (where, what, r.hits, r.n, r.wilson)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(cal.SCENARIOS))
+def test_aa_false_alarms_in_every_scenario(name: str) -> None:
+    scenario = cal.SCENARIOS[name]
+    fa = cal.false_alarms(_scenario_data(scenario), scenario.split, n=200, seed=8000)
+    _assert_calibrated(fa, f"synthetic, {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(cal.SCENARIOS))
+def test_aa_false_alarms_in_every_scenario_on_the_recorded_run(name: str) -> None:
+    scenario = cal.SCENARIOS[name]
+    fa = cal.false_alarms(_scenario_data(scenario, pd.read_parquet(SAMPLE)), scenario.split, n=200, seed=9000)
+    _assert_calibrated(fa, f"recorded, {name}")
+
+
+def test_scenarios_make_what_they_say() -> None:
+    base = cal.synthetic_run(seconds=60, rps=1000, seed=5)
+    a, b = cal.error_bursts_per_arm(base, seed=6)
+    assert abs(len(a) - len(b)) < 0.05 * len(base)
+    errs = [(x["status"] >= 500).mean() for x in (a, b)]
+    assert max(errs) > 0.005  # bursts: far above the 0.1 % background
+    shared_a, shared_b = cal.error_bursts_shared(base, seed=6)
+    per_second = [x.groupby(x["timestamp"].dt.floor("1s"))["status"].apply(lambda s: (s >= 500).mean())
+                  for x in (shared_a, shared_b)]  # fmt: skip
+    both = pd.concat(per_second, axis=1).dropna()
+    assert both.corr().iloc[0, 1] > 0.8  # shared bursts: both arms at once
+    la, lb = cal.latency_bursts_per_arm(base, seed=7)
+    assert la["latency_ms"].max() > base["latency_ms"].quantile(0.999) or lb["latency_ms"].max() > base[
+        "latency_ms"
+    ].quantile(0.999)
+    stable, canary = cal.low_traffic_canary(base, seed=8)
+    assert 5500 < len(stable) + len(canary) < 6500 and 0.03 < len(canary) / (len(stable) + len(canary)) < 0.07
+
+
+# ---------------------------------------------------------------------------------------------
+# Time to roll back: a canary at 5 % of 1000 rps
+
+
+@pytest.mark.slow
+def test_time_to_roll_back_a_p99_regression_and_no_false_rollbacks() -> None:
+    slow = cal.rollback_times(cal.rollback_anytime, n=50, effect=("scale_pct", 20.0), seed=100, seconds=180)
+    assert slow.median <= 60.0, sorted(slow.seconds)
+    healthy = cal.rollback_times(cal.rollback_anytime, n=100, seed=300, seconds=300)
+    r = healthy.rolled_back
+    assert r.rate <= ALPHA and r.wilson.high <= WILSON_MAX, (r.hits, r.n)
+
+
+def test_time_to_roll_back_quick() -> None:
+    """Fast tier: 12 regressed canaries, median <= 60 s of canary traffic; Flagger's default analysis
+    cannot act before 5 failed one-minute checks."""
+    slow = cal.rollback_times(cal.rollback_anytime, n=12, effect=("scale_pct", 20.0), seed=700, seconds=120)
+    assert slow.median <= 60.0, sorted(slow.seconds)
+    a, b = cal.canary_pair(701, seconds=330)
+    b = cal.with_effect(b, "errors_pts", 5.0)  # every minute fails the 99 % success rate
+    assert cal.rollback_flagger(a, b, p99_limit_ms=1e9) == 300.0
+    assert cal.rollback_alpha_spending(a, b) == 60.0 and cal.rollback_anytime(a, b) < 60.0

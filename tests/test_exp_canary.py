@@ -328,11 +328,13 @@ def _synthetic_step(start: pd.Timestamp, weight: int, seed: int) -> LoadResult:
 
 
 def test_analyse_a_run_stopped_after_two_of_five_steps(suite: Path, tmp_path: Path) -> None:
-    """No end event (the process was killed): analyse still judges the two stored steps."""
+    """No end event (the process was killed): analyse still judges the two stored steps (the
+    alpha-spending plan: two of its four looks spent)."""
     s = open_session(suite, "bad", tmp_path / "run", replay=True)
     plan = canary.plan_of(s.spec)
-    plan = canary.Plan.from_json({**plan.to_json(), "steps": [{"weight": w, "duration_s": 3.0}
-                                                              for w in (5, 10, 25, 50, 100)]})  # fmt: skip
+    plan = canary.Plan.from_json({**plan.to_json(), "sequential": "alpha-spending",
+                                  "steps": [{"weight": w, "duration_s": 3.0}
+                                            for w in (5, 10, 25, 50, 100)]})  # fmt: skip
     t0 = pd.Timestamp("2026-01-01T00:00:00Z")
     events: list[dict] = [{"time": t0.isoformat(), "event": "initial split", "split": {"v1": 100}}]
     test = plan.test()
@@ -361,3 +363,52 @@ def test_analyse_a_run_stopped_after_two_of_five_steps(suite: Path, tmp_path: Pa
     assert result.figures["alpha_spent"] == pytest.approx(2 * 0.05 / 4)
     assert list(result.tables["looks"]["look"].unique()) == [1, 2]
     assert set(canary.figures(result)) >= {"timeline", "looks"}
+
+
+def test_anytime_plan_looks_after_every_window_and_replays(suite: Path, tmp_path: Path) -> None:
+    """The default plan (``sequential: anytime``): each step's decision is the last of its window looks;
+    analyse re-derives the same looks from the stored steps, and alpha is committed once."""
+    s = open_session(suite, "bad", tmp_path / "run", replay=True)
+    plan = canary.plan_of(s.spec)
+    assert plan.sequential == "anytime" and plan.to_json()["alpha_shares"] == []
+    steps = [{"weight": w, "duration_s": 3.0} for w in (25, 50, 100)]
+    plan = canary.Plan.from_json({**plan.to_json(), "window_s": 0.5, "steps": steps})
+    t0 = pd.Timestamp("2026-01-01T00:00:00Z")
+    events: list[dict] = [{"time": t0.isoformat(), "event": "initial split", "split": {"v1": 100}}]
+    looker = canary.Looker(plan)
+    frames = []
+    for i, weight in ((1, 25), (2, 50)):
+        start = t0 + pd.Timedelta(seconds=3 * (i - 1))
+        step = _synthetic_step(start, weight, seed=10 + i)
+        storage.save(step, s.store, f"step-{i}")
+        frames.append(step.samples)
+        made = looker.look(frames, final=i == plan.looks)
+        assert len(made) >= 5  # 0.5 s windows over 3 s: a look after each window of the step
+        ended = (start + pd.Timedelta(seconds=3)).isoformat()
+        events += [
+            {
+                "time": start.isoformat(),
+                "event": "split",
+                "split": plan.split(weight),
+                "reason": f"step {i}/3",
+            },
+            {
+                "time": start.isoformat(),
+                "event": "step start",
+                "step": i,
+                "weight": weight,
+                "duration_s": 3.0,
+            },
+            {"time": ended, "event": "step end", "step": i},
+            {"time": ended, "event": "decision", **canary._decision_record(made[-1], i, made, plan.window_s)},
+        ]
+    events.append({"time": (t0 + pd.Timedelta(seconds=6)).isoformat(), "event": "end", "outcome": "promoted",
+                   "reason": "test"})  # fmt: skip
+    s.save_json(canary.TIMELINE_FILE, {"plan": plan.to_json(), "events": events})
+    result = canary.analyse(s)
+    assert result.figures["decisions_consistent"] is True and result.figures["sequential"] == "anytime"
+    assert result.figures["alpha_spent"] == pytest.approx(0.05)  # all of alpha, once, for every look
+    looks = result.tables["looks"]
+    assert list(looks["look"].unique()) == [1, 2] and (looks["window_looks"] >= 5).all()
+    assert [e["alpha_spent"] for e in events if e["event"] == "decision"] == [0.05, 0.0]
+    assert result.details["looks"][-1].decision.action == "promote"

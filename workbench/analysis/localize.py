@@ -31,13 +31,13 @@ minus the callees' edge errors (at least 0).
 Each service's per-window self-time p50 (robust to the tails of a busy host) and originated error
 rate in the changed window are compared with the baseline window by ``stats.compare_tables`` (time
 windows as the unit, intervals against the practical margin), at ``alpha / number of services``
-(Bonferroni across services). A host-wide slowdown (CPU contention from other processes) stretches
-every service at once; by default each window's self-times are first divided by that window's
-common factor, the median over services of their ratio to their own baseline level, so a service
-is judged against the others (a difference in differences; the median ignores one culprit).
-Services are ranked by their score, the lower confidence bound of the increase in units of the
-margin (> 1 means the whole interval lies beyond the margin: ``worse``), ties by p-value. The
-culprit is the top service when it is ``worse``.
+(Bonferroni across services; within a service Holm's step-down across its metrics). A host-wide
+slowdown (CPU contention from other processes) stretches every service at once; by default each
+window's self-times are first divided by that window's common factor, the median over services of
+their ratio to their own baseline level, so a service is judged against the others (a difference
+in differences; the median ignores one culprit). Services are ranked by their score, the lower
+confidence bound of the increase in units of the margin (> 1 means the whole interval lies beyond
+the margin: ``worse``), ties by p-value. The culprit is the top service when it is ``worse``.
 """
 
 from __future__ import annotations

@@ -281,10 +281,13 @@ class Canary(_Loaded):
     connections: Connections = 16
     metrics: Annotated[list[Metric], Field(min_length=1)] = ["p50", "p99", "error_rate"]
     on_fail: Literal["rollback", "pause"] = "rollback"
+    # anytime: a confidence sequence, a look after every window; alpha-spending: one look per step
+    sequential: Literal["anytime", "alpha-spending"] = "anytime"
 
     def plan(self) -> str:
         weights = " > ".join(f"{s.weight}%" for s in self.steps)
-        return f"{self.stable} -> {self.canary}: {weights}, on fail {self.on_fail}"
+        looks = "a look after every window" if self.sequential == "anytime" else "alpha spent over the steps"
+        return f"{self.stable} -> {self.canary}: {weights}, {looks}, on fail {self.on_fail}"
 
     def planned_seconds(self) -> float:
         return (self.warmup or 0) + sum(s.duration or 0 for s in self.steps)

@@ -1,13 +1,21 @@
-"""Canary roll-out: raise the canary's traffic weight step by step, deciding after every step.
+"""Canary roll-out: raise the canary's traffic weight step by step, deciding as the data comes in.
 
 What Flagger and Argo Rollouts users expect, with the statistics of ../shared/DESIGN.md: at each
 step (e.g. 5, 10, 25, 50 % canary weight) the split is set, load runs for the step's duration and
-its samples are stored at once; then a sequential look (``stats.sequential``) compares the stable
-and canary arms over all steps so far, spending a share of one false-rollback budget ``alpha``
-(shares follow the steps' durations). ``rollback`` sends all traffic back to stable at once and
-stops; ``continue`` goes on; after the last look ``promote`` gives the canary 100 % (a weight-100
-step is the promotion itself: nothing is left to compare it against), ``inconclusive`` ends on
-stable 100 % (``on_fail: rollback``) or also on stable but "paused" for a human (``on_fail: pause``).
+its samples are stored at once; the stable and canary arms are compared over all steps so far.
+``sequential`` (experiments.yaml) says how looking again stays honest:
+
+- ``anytime`` (default): a confidence sequence (``stats.sequential.AnytimeTest``) looks after
+  **every window** of the step, any number of times, with the chance of a false rollback over all
+  looks of the whole roll-out <= ``alpha``; the first look that finds a metric worse rolls back.
+  The sequence is tightest after the first step's duration. The step's decision is its last look.
+- ``alpha-spending``: one look per step (``stats.sequential.SequentialTest``), spending a share of
+  ``alpha`` that follows the steps' durations.
+
+``rollback`` sends all traffic back to stable at once and stops; ``continue`` goes on; after the
+last look ``promote`` gives the canary 100 % (a weight-100 step is the promotion itself: nothing is
+left to compare it against), ``inconclusive`` ends on stable 100 % (``on_fail: rollback``) or also
+on stable but "paused" for a human (``on_fail: pause``).
 
 Traffic always ends on a safe split: stable 100 % after a rollback, an error, Ctrl-C or SIGTERM
 (a ``finally`` restores it, with those signals blocked meanwhile), canary 100 % only after a
@@ -16,12 +24,15 @@ happens; ``analyse`` re-derives the decisions from the stored steps (determinist
 what actually happened from the timeline, so a run interrupted after 2 of 5 steps still analyses.
 
 Where the data comes from depends on the backend. The local mesh runs k6 here: each step's
-per-request samples (``step-<i>.json``). A backend that offers ``observe`` (the ``Observer`` seam: a
-Kubernetes cluster) is not loaded by the canary: the step waits its duration while the versions
-serve their **real traffic**, then reads each version's per-window requests, errors and latency
-histogram from the cluster's Prometheus (``step-<i>.telemetry.json``); the spec's rps/connections
-are not used there. Windows are then Prometheus' (aligned to multiples of ``window``, whole seconds,
-at least the scrape interval).
+per-request samples (``step-<i>.json``); k6 runs the step as one process, so its window looks are
+made when the step's samples are in, and a rollback found at a window of the step is acted on at
+the step's end (the decision records the window and the seconds of data it was found at). A backend
+that offers ``observe`` (the ``Observer`` seam: a Kubernetes cluster) is not loaded by the canary:
+the step is observed window by window while the versions serve their **real traffic** — each
+version's per-window requests, errors and latency histogram read from the cluster's Prometheus
+(``step-<i>.telemetry.json``) — and with ``anytime`` a rollback stops the step at once; the spec's
+rps/connections are not used there. Windows are then Prometheus' (aligned to multiples of
+``window``, whole seconds, at least the scrape interval).
 """
 
 from __future__ import annotations
@@ -47,8 +58,8 @@ from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult, empty_samples
 from workbench.metrics.histogram import Histogram, merge
 from workbench.report.plots import COLOURS, add_markers, interval_chart, styled
-from workbench.stats.compare import Margin
-from workbench.stats.sequential import Decision, SequentialTest
+from workbench.stats.compare import Margin, window_tables
+from workbench.stats.sequential import AnytimeTest, Decision, SequentialTest
 from workbench.stats.windows import start_of, window_table
 
 TIMELINE_FILE = "timeline.json"
@@ -92,6 +103,7 @@ class Plan:
     margin: dict[str, float]
     no_data: str
     on_fail: str
+    sequential: str = "alpha-spending"  # timelines written before the anytime test was the default
 
     @property
     def looks(self) -> int:
@@ -99,12 +111,22 @@ class Plan:
         return sum(1 for st in self.steps if st["weight"] < 100)
 
     @property
+    def anytime(self) -> bool:
+        return self.sequential == "anytime"
+
+    @property
     def look_weights(self) -> list[float]:
         """The alpha-spending weights: each look's planned duration."""
         return [st["duration_s"] for st in self.steps if st["weight"] < 100]
 
-    def test(self) -> SequentialTest:
-        """A fresh sequential test for this plan's looks."""
+    def test(self) -> AnytimeTest | SequentialTest:
+        """A fresh sequential test for this plan: a confidence sequence tightest after the first step
+        (``anytime``), or the alpha-spending plan over the steps below 100 %."""
+        if self.anytime:
+            return AnytimeTest(
+                metrics=self.metrics, margin=Margin(**self.margin), alpha=self.alpha, window=self.window_s,
+                no_data=self.no_data, optimise_at=max(self.steps[0]["duration_s"], self.window_s),  # type: ignore[arg-type]
+            )  # fmt: skip
         return SequentialTest(
             looks=self.looks, metrics=self.metrics, margin=Margin(**self.margin), alpha=self.alpha,
             window=self.window_s, no_data=self.no_data, weights=self.look_weights,  # type: ignore[arg-type]
@@ -120,7 +142,9 @@ class Plan:
 
     def _shares(self) -> list[float]:
         weights = self.look_weights
-        return [self.alpha * w / sum(weights) for w in weights] if weights else []
+        if self.anytime or not weights:  # a confidence sequence spends all of alpha on every look at once
+            return []
+        return [self.alpha * w / sum(weights) for w in weights]
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Plan:
@@ -148,7 +172,7 @@ def plan_of(spec: Any) -> Plan:
         service=spec.service, stable=spec.stable, canary=spec.canary, steps=steps, metrics=list(spec.metrics),
         alpha=float(spec.alpha), window_s=float(spec.window),
         margin={"latency_ms": m.latency_ms, "latency_pct": m.latency_pct, "error_rate_pct": m.error_rate_pct},
-        no_data=spec.no_data, on_fail=spec.on_fail,
+        no_data=spec.no_data, on_fail=spec.on_fail, sequential=spec.sequential,
     )  # fmt: skip
 
 
@@ -245,12 +269,42 @@ def _arms(frames: list[pd.DataFrame], plan: Plan) -> tuple[pd.DataFrame, pd.Data
     )
 
 
-def _decision_record(d: Decision, step: int) -> dict[str, Any]:
+def _decision_record(
+    d: Decision, step: int, made: list[Decision] | None = None, window_s: float = 0.0
+) -> dict[str, Any]:
+    """A step's decision for the timeline: its last look ``d`` out of the step's looks ``made``."""
+    made = made or [d]
     return {
-        "look": d.look, "step": step, "action": d.action, "alpha_spent": d.alpha_spent, "reasons": d.reasons,
+        "look": step, "step": step, "action": d.action, "alpha_spent": sum(x.alpha_spent for x in made),
+        "reasons": d.reasons, "window_looks": len(made), "window": d.window,
+        "at_s": (d.window + 1) * window_s if d.window is not None and window_s else None,
         "metrics": {r.metric: {"estimate": r.estimate, "ci": list(r.ci), "verdict": r.verdict}
                     for r in d.comparison},
     }  # fmt: skip
+
+
+class Looker:
+    """The looks of one roll-out as its data comes in: after every new window (``anytime``, each look
+    on all data up to that window) or once per step (alpha-spending)."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self.test = plan, plan.test()
+        self.after: int | None = None  # the last window looked at
+
+    def look(self, frames: list[pd.DataFrame], final: bool, force: bool = True) -> list[Decision]:
+        """The looks the data in ``frames`` (all steps so far) calls for, stopping at the first one
+        that does not say continue. ``final``: the last step's end. ``force``: look at least once
+        (on all the data) even when no window is new."""
+        stable, canary = _arms(frames, self.plan)
+        if isinstance(self.test, SequentialTest):
+            return [self.test.look(stable, canary)]
+        wa, wb = window_tables(stable, canary, self.plan.window_s)
+        made = self.test.look_each_window(wa, wb, after=self.after, final=final)
+        if not made and force:
+            made = [self.test.look_tables(wa, wb, final=final)]
+        if made and made[-1].window is not None:
+            self.after = made[-1].window
+        return made
 
 
 def run(s: Session) -> None:
@@ -261,7 +315,7 @@ def run(s: Session) -> None:
     _check_versions(mesh, plan, spec.name)
     timeline = Timeline(s, plan)
     timeline.add("initial split", split=mesh.get_split(plan.service))
-    test = plan.test()
+    looker = Looker(plan)
     n = len(plan.steps)
     frames: list[pd.DataFrame] = []
     outcome, reason = "failed", "the run ended before its first decision"
@@ -277,15 +331,26 @@ def run(s: Session) -> None:
                 timeline.add("step start", step=i, weight=weight, duration_s=duration)
                 s.progress(f"canary step {i}/{n}: {weight}% to {plan.canary} for {duration:g} s")
                 warmup = float(spec.warmup or 0) if i == 1 else 0.0
-                data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup))
+                made: list[Decision] = []
+
+                def on_window(partial: pd.DataFrame, made: list[Decision] = made) -> bool:
+                    made += looker.look([*frames, partial], final=False, force=False)
+                    return bool(made) and made[-1].action == "rollback"
+
+                watch = on_window if plan.anytime else None
+                data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup), watch)
                 timeline.add("step end", step=i, weight=weight, requests=_requests(data), file=file)
                 frames.append(data)
-                decision = test.look(*_arms(frames, plan))
-                timeline.add("decision", **_decision_record(decision, i))
-                s.progress(
-                    f"canary step {i}/{n}: {weight}% look {decision.look}/{plan.looks}: {decision.action} "
-                    f"(alpha spent {decision.alpha_spent:.4g})"
+                if not (made and made[-1].action == "rollback"):
+                    made += looker.look(frames, final=i == plan.looks)
+                decision = made[-1]
+                timeline.add("decision", **_decision_record(decision, i, made, plan.window_s))
+                how = (
+                    f"{len(made)} window look(s), confidence sequence at alpha {plan.alpha:g}"
+                    if plan.anytime
+                    else f"look {i}/{plan.looks}, alpha spent {decision.alpha_spent:.4g}"
                 )
+                s.progress(f"canary step {i}/{n}: {weight}% {how}: {decision.action}")
                 if decision.action == "continue":
                     continue
                 outcome = {"promote": "promoted", "rollback": "rolled back"}.get(decision.action, "")
@@ -305,21 +370,33 @@ def run(s: Session) -> None:
             _finish(s, mesh, plan, timeline, outcome, reason)
 
 
-def _measure(s: Session, mesh: Any, plan: Plan, step: int, load: LoadProfile) -> tuple[pd.DataFrame, str]:
+def _measure(
+    s: Session, mesh: Any, plan: Plan, step: int, load: LoadProfile, on_window: Any = None
+) -> tuple[pd.DataFrame, str]:
     """One step's data, stored at once: k6 samples (local mesh), or the versions' real traffic observed
-    in telemetry over the step (an ``Observer`` backend: a cluster). Returns (data, file name)."""
+    in telemetry over the step (an ``Observer`` backend: a cluster). Returns (data, file name).
+
+    ``on_window`` (Observer only): called with the step's data so far after every window; when it
+    returns True the step ends there (a rollback need not wait for the step's end)."""
     if not isinstance(mesh, Observer):
         result = mesh.run_load(plan.service, load)
         storage.save(result, s.store, f"step-{step}")
         return result.samples, f"step-{step}.json"
     time.sleep(load.warmup_s)
     start = time.time()
-    time.sleep(load.duration_s)
-    observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, time.time(), plan.window_s)
-    frame = pd.concat(
-        [f.assign(version=v) for v, f in observed.items()] or [pd.DataFrame(columns=TELEMETRY_COLUMNS)],
-        ignore_index=True,
-    )[TELEMETRY_COLUMNS]
+    end = start + load.duration_s
+    while True:
+        wait = end - time.time() if on_window is None else min(plan.window_s, end - time.time())
+        if wait > 0:
+            time.sleep(wait)
+        now = min(time.time(), end)
+        observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, now, plan.window_s)
+        frame = pd.concat(
+            [f.assign(version=v) for v, f in observed.items()] or [pd.DataFrame(columns=TELEMETRY_COLUMNS)],
+            ignore_index=True,
+        )[TELEMETRY_COLUMNS]
+        if now >= end or (on_window is not None and on_window(frame)):
+            break
     name = f"step-{step}{TELEMETRY_SUFFIX}"
     save_telemetry(frame, s.store / name)
     return frame, name
@@ -401,11 +478,14 @@ def _audit_outcome(
 
 @dataclass
 class Look:
-    """One re-derived look: its step, weight and sequential decision."""
+    """One step's re-derived decision: its step (= its number among the looks), weight, the last of
+    its looks (``decision``), how many looks it made and the alpha they spent together."""
 
     step: int
     weight: float
     decision: Decision
+    window_looks: int = 1
+    alpha_spent: float = 0.0
 
 
 def _stored_steps(s: Session, plan: Plan) -> dict[int, LoadResult | pd.DataFrame]:
@@ -422,14 +502,14 @@ def _stored_steps(s: Session, plan: Plan) -> dict[int, LoadResult | pd.DataFrame
 
 def rederive(plan: Plan, steps: dict[int, LoadResult | pd.DataFrame]) -> list[Look]:
     """The decisions the stored steps give, in order, stopping at the first final action."""
-    test, frames, looks = plan.test(), [], []
+    looker, frames, looks = Looker(plan), [], []
     for i, st in enumerate(plan.steps, start=1):
         if st["weight"] >= 100 or i not in steps:
             break
         frames.append(_step_data(steps[i]))
-        d = test.look(*_arms(frames, plan))
-        looks.append(Look(i, st["weight"], d))
-        if d.action != "continue":
+        made = looker.look(frames, final=i == plan.looks)
+        looks.append(Look(i, st["weight"], made[-1], len(made), sum(d.alpha_spent for d in made)))
+        if made[-1].action != "continue":
             break
     return looks
 
@@ -461,7 +541,8 @@ def analyse(s: Session) -> ExperimentResult:
         "steps_planned": n,
         "looks": len(looks),
         "last_decision": last.decision.action if last else None,
-        "alpha_spent": sum(lk.decision.alpha_spent for lk in looks),
+        "alpha_spent": sum(lk.alpha_spent for lk in looks),
+        "sequential": plan.sequential,
         "decisions_consistent": consistent,
     }
     if last is not None:
@@ -478,7 +559,7 @@ def analyse(s: Session) -> ExperimentResult:
         end = pd.Timestamp(events[-1]["time"]) + pd.Timedelta(seconds=1)
         start = doc.get("started") or events[0]["time"]
         details["audit"] = markers_for_run(s.run_id, start, end.to_pydatetime(), [plan.service])
-    checks = metric_checks(last.decision.comparison, prefix=f"look {last.decision.look} ") if last else []
+    checks = metric_checks(last.decision.comparison, prefix=f"look {last.step} ") if last else []
     return ExperimentResult(s.spec.name, KIND, verdict, severity, headline, figures, tables, details, checks)
 
 
@@ -516,15 +597,16 @@ def _looks_table(looks: list[Look]) -> pd.DataFrame:
     for lk in looks:
         for r in lk.decision.comparison:
             rows.append({
-                "look": lk.decision.look, "step": lk.step, "weight_pct": lk.weight,
-                "action": lk.decision.action, "alpha_spent": lk.decision.alpha_spent, "metric": r.metric,
+                "look": lk.step, "step": lk.step, "weight_pct": lk.weight, "window_looks": lk.window_looks,
+                "action": lk.decision.action, "alpha_spent": lk.alpha_spent, "metric": r.metric,
                 "unit": r.unit,
                 "baseline": r.baseline, "candidate": r.candidate, "estimate": r.estimate, "ci_low": r.ci.low,
                 "ci_high": r.ci.high, "margin": r.margin, "verdict": r.verdict, "n_windows": r.n_windows,
                 "explanation": r.explain(),
             })  # fmt: skip
-    cols = ["look", "step", "weight_pct", "action", "alpha_spent", "metric", "unit", "baseline", "candidate",
-            "estimate", "ci_low", "ci_high", "margin", "verdict", "n_windows", "explanation"]  # fmt: skip
+    cols = ["look", "step", "weight_pct", "window_looks", "action", "alpha_spent", "metric", "unit",
+            "baseline", "candidate", "estimate", "ci_low", "ci_high", "margin", "verdict", "n_windows",
+            "explanation"]  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -656,7 +738,7 @@ def _timeline_figure(result: ExperimentResult) -> go.Figure:
 def _looks_figure(result: ExperimentResult) -> go.Figure:
     looks: list[Look] = result.details["looks"]
     metrics = [r.metric for r in looks[0].decision.comparison]
-    columns = [f"look {lk.decision.look} ({lk.weight:g} %)" for lk in looks]
+    columns = [f"look {lk.step} ({lk.weight:g} %)" for lk in looks]
     z, text = [], []
     for m in metrics:
         z.append([VERDICT_CODE[lk.decision.comparison[m].verdict] for lk in looks])
@@ -666,7 +748,7 @@ def _looks_figure(result: ExperimentResult) -> go.Figure:
     heat = go.Heatmap(z=z, x=columns, y=metrics, text=text, texttemplate="%{text}", zmin=-0.5, zmax=3.5,
                       colorscale=scale, showscale=False, hoverinfo="text")  # fmt: skip
     fig = go.Figure(heat)
-    actions = ", ".join(f"look {lk.decision.look}: {lk.decision.action}" for lk in looks)
+    actions = ", ".join(f"look {lk.step}: {lk.decision.action}" for lk in looks)
     return styled(fig, "Each look's verdict per metric (canary − stable, with interval)", actions,
                   "look (canary weight, %)", "metric (latency in ms, error rate in points)",
                   height=200 + 60 * len(metrics))  # fmt: skip

@@ -2,43 +2,56 @@
 
 The method (../shared/DESIGN.md, "Statistics"):
 
-1. Windows, not requests, are the unit (``windows.py``). When both arms ran at the same time,
-   their windows are paired and the per-window differences are analysed; otherwise each arm's
-   windows are compared (Welch).
-2. Uncertainty by batch means over windows, with the variance inflated by the windows' lag-1
-   autocorrelation, (1 + rho) / (1 - rho), so bursts that span windows do not shrink the interval;
-   Student-t intervals with n - 1 degrees of freedom suit the small number of windows.
-3. Effect with a confidence interval and a practical margin: ``worse`` when the whole interval
-   lies beyond +margin, ``better`` beyond -margin, ``equivalent`` inside +-margin, else
-   ``inconclusive``. Latency margin = max(latency_ms, latency_pct % of the baseline).
-4. Error rates from counts: Newcombe's score interval for the difference, Fisher's exact test.
-5. Several metrics: the intervals that decide are at level 1 - 2 alpha / k (each one-sided claim at
-   alpha / k, Bonferroni), so the chance of any false ``worse`` stays <= alpha; p-values of "no
-   difference" are reported raw and Holm-adjusted.
+1. Windows, not requests, are the unit (``windows.py``), for latency and error rates alike. When
+   both arms ran at the same time their windows are paired; otherwise each arm's windows are
+   compared (Welch). How each metric's difference and standard error are made is in
+   ``estimates.py``: batch means over windows with the variance inflated for lag-1
+   autocorrelation, (1 + rho) / (1 - rho), and Student t with n - 1 degrees of freedom; error rates
+   as per-window counts with window-clustered (burst-aware) variance, never narrower than
+   Newcombe's per-request score interval.
+2. Effect against a practical margin. For each metric the one-sided test of "worse": H0 "b - a <=
+   +margin" against "b - a > +margin" (latency margin = max(latency_ms, latency_pct % of the
+   baseline); error rates: error_rate_pct points). ``pvalue`` is that test's p-value.
+3. Several metrics: Holm's step-down on those one-sided p-values at ``alpha`` decides which
+   metrics are ``worse`` (the chance of any false ``worse`` stays <= alpha);
+   ``pvalue_adjusted`` is the Holm-adjusted p-value, so a metric is worse exactly when
+   ``pvalue_adjusted <= alpha``. Each metric's interval is reported at the level its test was
+   decided at — one-sided alpha / (k - j + 1) at each end for the j-th smallest p-value while Holm
+   rejects, the level of the first metric it does not reject for the rest — so the interval agrees
+   with the verdict: ``worse`` when the whole interval lies beyond +margin; ``better`` when it lies
+   beyond -margin; ``equivalent`` inside +-margin; else ``inconclusive``. (``equivalent`` overall —
+   every metric equivalent — is an intersection-union test: wrong with chance <= alpha.)
+4. ``compare`` judges data seen once (fixed-sample t). A canary or an analyst looking again and
+   again uses ``sequential.AnytimeTest``: the same decisions with confidence-sequence boundaries
+   (``boundaries.py``) that hold over any number of looks.
+5. An arm without traffic (or with fewer than 3 usable windows) follows ``no_data``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import pandas as pd
-from scipy import stats as sps
-from statsmodels.stats.proportion import confint_proportions_2indep
 
+from workbench.stats import estimates as est
+from workbench.stats.boundaries import FixedSample, Rule
+from workbench.stats.estimates import MIN_PER_WINDOW, MIN_WINDOWS, Estimate, Pair
 from workbench.stats.interval import ConfidenceInterval
-from workbench.stats.multiple import holm
+from workbench.stats.multiple import holm, holm_levels
 from workbench.stats.windows import QUANTILE_METRICS, WindowInput, start_of, window_table
 from workbench.units import parse_duration
 
+__all__ = [
+    "MIN_PER_WINDOW", "MIN_WINDOWS", "Comparison", "Margin", "MetricResult", "compare", "compare_tables",
+]  # fmt: skip
+
 Verdict = Literal["worse", "better", "equivalent", "inconclusive"]
 NoData = Literal["fail", "pass", "inconclusive"]
-MIN_PER_WINDOW = {"p50": 5, "p75": 8, "p90": 20, "p95": 40, "p99": 100, "p999": 1000, "mean": 5}
-MIN_WINDOWS = 3
 NO_DATA_VERDICT: dict[str, Verdict] = {"fail": "worse", "pass": "equivalent", "inconclusive": "inconclusive"}
+METRICS = (*QUANTILE_METRICS, "mean", "error_rate")
 
 
 @dataclass(frozen=True)
@@ -53,15 +66,24 @@ class Margin:
         base = abs(baseline_ms) if math.isfinite(baseline_ms) else 0.0
         return max(self.latency_ms, self.latency_pct / 100.0 * base)
 
+    def of(self, metric: str, baseline: float) -> float:
+        """The margin of ``metric`` given the baseline's value."""
+        return self.error_rate_pct if metric == "error_rate" else self.latency(baseline)
+
 
 @dataclass(frozen=True)
 class MetricResult:
-    """One metric's comparison, in the manner of scipy.stats results."""
+    """One metric's comparison, in the manner of scipy.stats results.
+
+    ``pvalue``: one-sided p-value of H0 "b - a <= +margin" (the test of ``worse``);
+    ``pvalue_adjusted``: Holm-adjusted across the comparison's metrics (worse iff <= alpha);
+    ``ci``: two-sided at ``confidence``, each end a one-sided bound at the level Holm decided the
+    metric at."""
 
     metric: str
     estimate: float  # b - a, ms (latency) or percentage points (error_rate)
     ci: ConfidenceInterval
-    pvalue: float  # two-sided, H0: no difference
+    pvalue: float
     verdict: Verdict
     method: str
     n_windows: int
@@ -96,7 +118,13 @@ class MetricResult:
             "equivalent": f"inside the ±{margin} margin",
             "inconclusive": f"the interval reaches across the ±{margin} margin; more data would decide",
         }[self.verdict]
-        return f"{name} {direction} {size}{interval}{rel}, {reading}: {self.verdict}".replace("  ", " ")
+        how = ""
+        if self.metric == "error_rate":  # the method matters here: bursts make requests dependent
+            basis = ("Newcombe's per-request score interval: too few errors for the windows to say more"
+                     if "score interval decides" in self.method
+                     else "between-window variance of the error counts")  # fmt: skip
+            how = f" ({self.n_windows} windows; {basis})"
+        return f"{name} {direction} {size}{interval}{rel}{how}, {reading}: {self.verdict}".replace("  ", " ")
 
 
 @dataclass
@@ -132,8 +160,8 @@ class Comparison:
                     "metric": r.metric, "baseline": r.baseline, "candidate": r.candidate,
                     "estimate": r.estimate, "ci_low": r.ci.low, "ci_high": r.ci.high, "ratio": r.ratio,
                     "margin": r.margin, "pvalue": r.pvalue, "pvalue_adjusted": r.pvalue_adjusted,
-                    "verdict": r.verdict, "n_windows": r.n_windows, "method": r.method, "unit": r.unit,
-                    "explanation": r.explain(),
+                    "confidence": r.confidence, "verdict": r.verdict, "n_windows": r.n_windows,
+                    "method": r.method, "unit": r.unit, "explanation": r.explain(),
                 }
             )  # fmt: skip
         return pd.DataFrame(rows).set_index("metric")
@@ -150,18 +178,26 @@ def compare(
     no_data: NoData = "inconclusive",
 ) -> Comparison:
     """Compare candidate ``b`` against baseline ``a`` on ``metrics``; see the module docstring."""
-    unknown = [m for m in metrics if m not in (*QUANTILE_METRICS, "mean", "error_rate")]
+    check_arguments(metrics, alpha)
+    window_s = parse_duration(window)
+    wa, wb = window_tables(a, b, window_s)
+    return compare_tables(wa, wb, metrics, window_s, margin, alpha, paired, no_data)
+
+
+def check_arguments(metrics: Sequence[str], alpha: float) -> None:
+    """ValueError naming what is wrong with ``metrics`` or ``alpha``."""
+    unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(
-            f"unknown metrics {unknown}; choose from {[*QUANTILE_METRICS, 'mean', 'error_rate']}"
-        )
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha must be between 0 and 0.5 (got {alpha})")
-    window_s = parse_duration(window)
+
+
+def window_tables(a: WindowInput, b: WindowInput, window_s: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both arms' window tables, aligned to one origin (the earlier arm's first timestamp)."""
     starts = [t for t in (start_of(a), start_of(b)) if t is not None]
     origin = min(starts) if starts else pd.Timestamp(0, tz="UTC")
-    wa, wb = window_table(a, window_s, origin), window_table(b, window_s, origin)
-    return compare_tables(wa, wb, metrics, window_s, margin, alpha, paired, no_data)
+    return window_table(a, window_s, origin), window_table(b, window_s, origin)
 
 
 def compare_tables(
@@ -176,112 +212,68 @@ def compare_tables(
 ) -> Comparison:
     """``compare`` on ready window tables (index: window number; columns count, errors and the
     metrics), for per-window values derived elsewhere, e.g. self-times from telemetry."""
-    margin = margin or Margin()
-    common = wa.index.intersection(wb.index)
-    concurrent = len(common) >= MIN_WINDOWS and len(common) >= 0.5 * min(len(wa), len(wb))
-    is_paired = concurrent if paired == "auto" else bool(paired)
-    k = len(metrics)
-    level = 1 - 2 * alpha / k  # each one-sided claim at alpha / k
-    results: dict[str, MetricResult] = {}
-    for metric in metrics:
-        if metric == "error_rate":
-            results[metric] = _error_rate(wa, wb, margin, level, no_data)
-        else:
-            results[metric] = _latency(metric, wa, wb, common, is_paired, margin, level, no_data)
-    pvals = [r.pvalue for r in results.values()]
-    finite = [i for i, p in enumerate(pvals) if math.isfinite(p)]
-    adjusted = dict(zip(finite, holm([pvals[i] for i in finite]), strict=True)) if finite else {}
-    final = {
-        m: replace(r, pvalue_adjusted=float(adjusted[i])) if i in adjusted else r
-        for i, (m, r) in enumerate(results.items())
-    }
-    return Comparison(final, is_paired, window_s, alpha, {"a": wa, "b": wb})
+    pair = Pair.of(wa, wb, metrics)
+    return judge_pair(
+        pair, metrics, window_s, margin, alpha, paired, no_data, FixedSample(), {"a": wa, "b": wb}
+    )
 
 
-def _latency(
-    metric: str,
-    wa: pd.DataFrame,
-    wb: pd.DataFrame,
-    common: pd.Index,
-    paired: bool,
-    margin: Margin,
-    level: float,
+def judge_pair(
+    pair: Pair,
+    metrics: Sequence[str],
+    window_s: float,
+    margin: Margin | None,
+    alpha: float,
+    paired: bool | Literal["auto"],
     no_data: NoData,
-) -> MetricResult:
-    need = MIN_PER_WINDOW.get(metric, 5)
-    ok_a = wa.index[wa["count"] >= need] if len(wa) else wa.index
-    ok_b = wb.index[wb["count"] >= need] if len(wb) else wb.index
-    if paired:
-        idx = common.intersection(ok_a).intersection(ok_b)
-        xa, xb = wa.loc[idx, metric].to_numpy(float), wb.loc[idx, metric].to_numpy(float)
-    else:
-        xa, xb = wa.loc[ok_a, metric].to_numpy(float), wb.loc[ok_b, metric].to_numpy(float)
-    n = min(len(xa), len(xb))
-    if n < MIN_WINDOWS:
-        note = (f"too few windows with >= {need} requests each ({len(xa)} baseline, {len(xb)} candidate; "
-                f"need {MIN_WINDOWS})")  # fmt: skip
-        return MetricResult(metric, float("nan"), ConfidenceInterval.none(), float("nan"),
-                            NO_DATA_VERDICT[no_data], "no data", n, float("nan"), float("nan"),
-                            margin.latency_ms, level, note=note)  # fmt: skip
-    base, cand = float(np.mean(xa)), float(np.mean(xb))
-    if paired:
-        d = xb - xa
-        est, se, df = float(d.mean()), _se_batch_means(d), len(d) - 1
-        method = f"paired windows, batch means (t, AR(1)-inflated), {len(d)} windows"
-    else:
-        va, vb = _se_batch_means(xa) ** 2, _se_batch_means(xb) ** 2
-        est, se = cand - base, math.sqrt(va + vb)
-        df = (va + vb) ** 2 / ((va**2 / (len(xa) - 1)) + (vb**2 / (len(xb) - 1))) if va + vb > 0 else n - 1
-        method = f"unpaired windows, Welch t (AR(1)-inflated), {len(xa)}+{len(xb)} windows"
-    m = margin.latency(base)
-    if se == 0:
-        ci = ConfidenceInterval(est, est)
-        p = 0.0 if est else 1.0
-    else:
-        t = sps.t.ppf(0.5 + level / 2, df)
-        ci = ConfidenceInterval(est - t * se, est + t * se)
-        p = float(2 * sps.t.sf(abs(est) / se, df))
-    return MetricResult(metric, est, ci, p, _verdict(ci, m), method, n, base, cand, m, level)
+    rule: Rule,
+    windows: dict[str, pd.DataFrame] | None = None,
+) -> Comparison:
+    """The comparison of aligned windows (``estimates.Pair``) under ``rule``: fixed sample, or one
+    look of a confidence sequence."""
+    margin = margin or Margin()
+    is_paired = pair.concurrent if paired == "auto" else bool(paired)
+    found = {
+        m: est.error_rate(pair, is_paired) if m == "error_rate" else est.latency(m, pair, is_paired)
+        for m in metrics
+    }
+    results = decide(found, margin, alpha, rule, no_data)
+    return Comparison(results, is_paired, window_s, alpha, windows or {})
 
 
-def _se_batch_means(x: np.ndarray) -> float:
-    """Standard error of the mean of window values, inflated for lag-1 autocorrelation."""
-    n = len(x)
-    if n < 2:
-        return float("nan")
-    sd = float(np.std(x, ddof=1))
-    if sd == 0:
-        return 0.0
-    rho = float(np.corrcoef(x[:-1], x[1:])[0, 1]) if n >= 4 else 0.0
-    rho = min(max(rho if math.isfinite(rho) else 0.0, 0.0), 0.9)
-    return sd / math.sqrt(n) * math.sqrt((1 + rho) / (1 - rho))
-
-
-def _error_rate(
-    wa: pd.DataFrame, wb: pd.DataFrame, margin: Margin, level: float, no_data: NoData
-) -> MetricResult:
-    na, nb = int(wa["count"].sum()) if len(wa) else 0, int(wb["count"].sum()) if len(wb) else 0
-    ea, eb = int(wa["errors"].sum()) if len(wa) else 0, int(wb["errors"].sum()) if len(wb) else 0
-    m = margin.error_rate_pct
-    n_windows = min(len(wa), len(wb))
-    if na == 0 or nb == 0:
-        note = f"no traffic in the {'baseline' if na == 0 else 'candidate'} arm"
-        return MetricResult("error_rate", float("nan"), ConfidenceInterval.none(), float("nan"),
-                            NO_DATA_VERDICT[no_data], "no data", n_windows, float("nan"), float("nan"),
-                            m, level, unit="pts", note=note)  # fmt: skip
-    lo, hi = confint_proportions_2indep(eb, nb, ea, na, method="newcomb", compare="diff", alpha=1 - level)
-    p = float(sps.fisher_exact([[eb, nb - eb], [ea, na - ea]]).pvalue)
-    ci = ConfidenceInterval(100 * float(lo), 100 * float(hi))
-    base, cand = 100 * ea / na, 100 * eb / nb
-    method = f"Newcombe score interval, Fisher exact test, {na}+{nb} requests"
-    return MetricResult("error_rate", cand - base, ci, p, _verdict(ci, m), method, n_windows, base, cand, m,
-                        level, unit="pts")  # fmt: skip
+def decide(
+    found: dict[str, Estimate], margin: Margin, alpha: float, rule: Rule, no_data: NoData
+) -> dict[str, MetricResult]:
+    """Holm's step-down on the one-sided tests of "worse than +margin", then each metric's interval
+    at the level it was decided at and its verdict (see the module docstring)."""
+    margins = {m: margin.of(m, e.baseline) for m, e in found.items()}
+    tested = [m for m, e in found.items() if e.ok]
+    p = {m: found[m].pvalue(margins[m], rule) for m in tested}
+    rejected, levels = holm_levels([p[m] for m in tested], alpha) if tested else ([], [])
+    adjusted = holm([p[m] for m in tested]) if tested else []
+    out: dict[str, MetricResult] = {}
+    for m, e in found.items():
+        if not e.ok:
+            fallback = margin.error_rate_pct if m == "error_rate" else margin.latency_ms
+            out[m] = MetricResult(m, e.estimate, ConfidenceInterval.none(), float("nan"),
+                                  NO_DATA_VERDICT[no_data], e.method, e.n_windows, e.baseline, e.candidate,
+                                  fallback, float("nan"), unit=e.unit, note=e.note)  # fmt: skip
+            continue
+        i = tested.index(m)
+        level = float(levels[i])
+        ci = e.interval(level, rule)
+        verdict: Verdict = "worse" if rejected[i] else _verdict(ci, margins[m])
+        how = f"{e.method}; {rule.name}, Holm step-down decided at one-sided {level:.3g}"
+        if e.floor_decides(level, rule):
+            how += "; the per-request score interval decides (few errors)"
+        out[m] = MetricResult(m, e.estimate, ci, p[m], verdict, how, e.n_windows, e.baseline, e.candidate,
+                              margins[m], 1 - 2 * level, float(adjusted[i]), e.unit)  # fmt: skip
+    return out
 
 
 def _verdict(ci: ConfidenceInterval, margin: float) -> Verdict:
+    """better / equivalent / inconclusive from the interval (worse is Holm's decision)."""
     lo, hi = ci
-    if lo > margin:
-        return "worse"
     if hi < -margin:
         return "better"
     if -margin < lo and hi < margin:
