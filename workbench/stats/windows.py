@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.load.results import LoadResult
+from workbench.load.results import LoadResult, error_mask
 from workbench.metrics.histogram import Histogram
 
 QUANTILE_METRICS = {"p50": 0.50, "p75": 0.75, "p90": 0.90, "p95": 0.95, "p99": 0.99, "p999": 0.999}
@@ -83,8 +83,7 @@ def _from_samples(samples: pd.DataFrame, window_s: float, origin: pd.Timestamp) 
     w = (ns.astype(np.int64) // int(window_s * 1e9)).astype(np.int64)
     w_offset = int(w.min())
     lat = samples["latency_ms"].to_numpy(dtype=float)
-    status = samples["status"].to_numpy()
-    err = (status <= 0) | (status >= 500)
+    err = error_mask(samples["status"].to_numpy())
     w -= w.min()
     # One integer sort orders by (window, latency): the window in the high 32 bits, the latency's
     # float32 bits (monotonic for values >= 0) in the low 32. About as fast as sorting the
