@@ -22,6 +22,7 @@ both-mtls, p50 within 5 %, own time per traversal within +-20 %).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from workbench.analysis import proxycost
 from workbench.analysis.localize import AccessLogTail
 from workbench.backends.base import LoadTarget
 from workbench.backends.local import LocalMesh
-from workbench.backends.local.envoy import Sidecar, envoy_argv
+from workbench.backends.local.envoy import ENVOY_ENV, Sidecar, envoy_argv
 from workbench.backends.local.layout import LOADGEN
 from workbench.load.capacity import Step, search
 from workbench.load.k6 import parse_samples, render_script
@@ -108,9 +109,9 @@ def workbench(mode: str, run_dir: Path) -> Iterator[Callable[[float, int, float]
 # H: the same processes and k6 script, started by hand (no workbench code on the measuring path)
 
 
-def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with open(log, "w") as fh:
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
 
 def _wait_listening(ports: list[int], timeout: float = 20) -> None:
@@ -166,7 +167,7 @@ def by_hand(mode: str, run_dir: Path, target: LoadTarget) -> Iterator[Callable[[
         for raw in layout["sidecars"]:
             if raw["name"] in wanted:
                 sc = Sidecar(**{**raw, "directory": Path(raw["directory"])})
-                procs.append(_spawn(envoy_argv(envoy, sc), work / f"{sc.name}.log"))
+                procs.append(_spawn(envoy_argv(envoy, sc), work / f"{sc.name}.log", ENVOY_ENV))
         _wait_listening([int(u.rsplit(":", 1)[1]) for u in target.urls])
         time.sleep(1.0)
         tail = AccessLogTail(run_dir / "envoy") if mode != "none" else None

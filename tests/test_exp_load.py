@@ -26,7 +26,6 @@ defaults: {warmup: 1s, slo_p99_ms: 1000}
 experiments:
   - {name: lt, kind: loadtest, service: frontend, rps: [50, 150], connections: [8], duration: 3s}
   - {name: mc, kind: mesh_compare, modes: [none, both], rps: 100, connections: [4], trials: 2, duration: 3s}
-  - {name: mc-auto, kind: mesh_compare, modes: [none, serveronly], connections: [4], duration: 5s}
   - {name: nothing, kind: mesh_compare, fortio_results: [no-such-dir/*_qps_*.json]}
   - {name: stored, kind: mesh_compare, modes: [none, both], rps: 100, connections: [16], trials: 3}
 """
@@ -214,34 +213,13 @@ def test_mesh_compare_runs_interleaved_trials_and_measures_the_sidecars(suite: P
     meshes = ("Istio", "Linkerd", "Consul")
     assert all(sources.loc[f, m].startswith("https://") for f in features for m in meshes)
     figs = mesh_compare.figures(result)
-    assert set(figs) == {"overhead", "percentiles", "own_time", "proxy_cpu"}
+    # the CPU figure needs unsaturated trials (a saturated point's CPU is queueing's, not the proxies')
+    expected = {"overhead", "percentiles", "own_time"} | (
+        {"proxy_cpu"} if result.verdict == "measured" else set()
+    )
+    assert set(figs) == expected
     _check_figures(figs)
     _same(result, _run(suite, "mc", tmp_path, mesh_compare, replay=True))
-
-
-@pytest.mark.slow
-def test_mesh_compare_rps_auto_probes_the_slowest_mode_and_says_why(suite: Path, tmp_path: Path) -> None:
-    s = open_session(suite, "mc-auto", run_dir=tmp_path, quick=True)  # one trial per mode, short probe
-    try:
-        result = s.execute(mesh_compare)
-    finally:
-        s.close()
-    probe = json.loads((tmp_path / "mc-auto" / "probe.json").read_text())
-    assert probe["auto"] and probe["probe"]["what"].startswith("serveronly")
-    assert 0 < probe["rps"] <= 0.5 * probe["capacity_rps"]
-    steps = probe["probe"]["steps"]
-    assert any(st["ok"] and st["rps"] == probe["capacity_rps"] for st in steps)
-    assert any(not st["ok"] for st in steps)  # the probe went past the capacity to know it
-    points = result.tables["points"]
-    assert set(points["mode"]) == {"none", "serveronly"}
-    assert {p.stem for p in (tmp_path / "mc-auto" / "points").glob("*.json")} == {
-        f"{m}_rps{probe['rps']:g}_c4_rep0" for m in ("none", "serveronly")
-    }
-    assert f"rps auto: {probe['rps']:g} rps" in result.headline
-    if result.verdict == "measured":
-        assert "no interval (one trial per mode)" in result.headline
-    over = result.tables["overhead"]
-    assert over["ci_low"].isna().all() and set(over["note"]) == {"no interval (one trial per mode)"}
 
 
 def _stored_point(

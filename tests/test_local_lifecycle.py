@@ -81,13 +81,18 @@ def test_topology_file_errors_name_file_and_line(tmp_path: Path) -> None:
     assert load_topology().entry() == "frontend"
 
 
-def _active_targets(mesh: LocalMesh) -> int:
+def _active_targets(mesh: LocalMesh, expected: int | None = None) -> int:
+    """Prometheus' active scrape targets (waiting up to 10 s for ``expected``: after a reload,
+    discovery hands the scrape manager its targets on a tick)."""
     import requests
 
-    data = requests.get(
-        f"{mesh.prometheus_url()}/api/v1/targets", params={"state": "active"}, timeout=5
-    ).json()
-    return len(data["data"]["activeTargets"])
+    deadline = time.monotonic() + 10
+    while True:
+        data = requests.get(f"{mesh.prometheus_url()}/api/v1/targets", params={"state": "active"}, timeout=5)
+        found = len(data.json()["data"]["activeTargets"])
+        if expected is None or found == expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_quiet_pauses_the_workbench_scraping_and_telemetry_off_runs_none_of_it() -> None:

@@ -94,7 +94,10 @@ def traversals(logs: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
     t = logs[keep].copy()
     if not len(t):
         return _empty()
-    t["request"] = pd.factorize(t["request_id"])[0].astype(np.int32)
+    codes = pd.factorize(t["request_id"])[0]
+    anonymous = (t["request_id"] == "").to_numpy()  # no x-request-id: a request of its own each
+    codes[anonymous] = codes.max() + 1 + np.arange(int(anonymous.sum()))
+    t["request"] = codes.astype(np.int32)
     t = t.drop(columns="request_id")
     t["role"] = [role_of(s, d) for s, d in zip(t["service"], t["direction"], strict=True)]
     upstream = t["upstream_ms"] if "upstream_ms" in t else pd.Series(math.nan, index=t.index)
@@ -194,7 +197,8 @@ def point_cost(
 ) -> pd.DataFrame:
     """Per role (and ``all sidecars``): own time per traversal and what the proxies cost.
 
-    ``requests``: the requests the load generator measured in the point (``seconds`` long);
+    ``requests``: the requests the load generator measured in the point (``seconds`` long), for
+    CPU per 1000 requests/s (traversals per request count the requests the logs link);
     ``process_cores``: CPU cores per mesh process over the point (``meta["host"]
     ["process_cores"]``, Envoy processes named ``envoy <sidecar>``); ``process_rss_mib`` likewise.
     Columns: role, traversals, per_request, local_replies, own_p50_us/p90/p99, request_p50_us,
@@ -204,6 +208,7 @@ def point_cost(
     """
     cores = dict(process_cores or {})
     rss = dict(process_rss_mib or {})
+    entered = int(t["request"].nunique()) if len(t) else 0  # the requests these traversals belong to
     rows = []
     groups = [(role, t[t["role"] == role]) for role in ROLES if (t["role"] == role).any()]
     if len(groups) > 1 or not groups:
@@ -219,7 +224,7 @@ def point_cost(
         row: dict[str, Any] = {
             "role": role,
             "traversals": len(fw),
-            "per_request": len(g) / requests if requests else math.nan,
+            "per_request": len(g) / entered if entered else math.nan,
             "local_replies": int(len(g) - len(fw)),
         }
         for name, q in QUANTILES.items():

@@ -9,7 +9,7 @@ fall behind), with ``load.capacity.probe``: 2 s points, doubling then bisecting 
 passing when it is not saturated. The experiment then runs at ``HEADROOM`` (50 %) of the highest
 rate that passed, rounded down to two significant digits: at most half the capacity. The probe is
 stored (``probe.json``) so a replayed report says which rate was chosen and why, and a resumed run
-reuses it.
+reuses it. ``--quick`` probes with 1 s points to +-50 %.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ __all__ = ["HEADROOM", "PROBE_FILE", "Rate", "choose", "stored"]
 PROBE_FILE = "probe.json"
 HEADROOM = 0.5  # the share of the probed capacity an experiment uses
 PROBE_S, PROBE_WARMUP_S, QUICK_PROBE_S = 2.0, 1.0, 1.0
+PROBE_TOL, QUICK_PROBE_TOL = 0.25, 0.5  # the bracket a probe stops at (its passing end is what counts)
 PROBE_START_RPS = 50.0
 
 
@@ -92,7 +93,7 @@ def choose(
             s.progress(f"rps auto: {rps:g} rps -> {result.saturation().explain()}")
             return result
 
-        capacity = probe(point, PROBE_START_RPS)
+        capacity = probe(point, PROBE_START_RPS, rel_tol=QUICK_PROBE_TOL if s.quick else PROBE_TOL)
     if capacity.rps <= 0:
         raise BackendError(f"rps auto: the capacity probe of {what} found no rate that was not saturated: "
                            f"{capacity.explain()}")  # fmt: skip

@@ -204,7 +204,9 @@ class LocalMesh:
         envoys = [
             (
                 sc,
-                self.supervisor.start(f"envoy {sc.name}", ev.envoy_argv(self._envoy, sc), labels=_labels(sc)),
+                self.supervisor.start(
+                    f"envoy {sc.name}", ev.envoy_argv(self._envoy, sc), env=ev.ENVOY_ENV, labels=_labels(sc)
+                ),
             )
             for sc in layout.sidecars
         ]
@@ -444,14 +446,14 @@ class LocalMesh:
         )
         self.check()
         result.meta["processes"] = {p.name: dict(p.labels) for p in self.supervisor.procs}
-        result.meta["process_rss_mib"] = {p.name: _rss_mib(p.pid) for p in self.supervisor.procs
-                                          if p.labels.get("kind") == "envoy"}  # fmt: skip
-        result.meta["proxy_cost"] = self._proxy_cost(result, service)
+        rss = {p.name: _rss_mib(p.pid) for p in self.supervisor.procs if p.labels.get("kind") == "envoy"}
+        result.meta["process_rss_mib"] = rss
+        result.meta["proxy_cost"] = self._proxy_cost(result, service, rss)
         if workdir is None:  # the samples live on in the result; the raw CSV would only pile up
             shutil.rmtree(work, ignore_errors=True)
         return result
 
-    def _proxy_cost(self, result: LoadResult, service: str) -> dict[str, float]:
+    def _proxy_cost(self, result: LoadResult, service: str, rss: dict[str, float]) -> dict[str, float]:
         """The sidecars' CPU over the measured phase and RSS after it (istio/tools' columns):
         ``cpu_cores``/``rss_mib`` of all sidecars, ``*_client`` of the load generator's sidecar,
         ``*_server`` of ``service``'s inbound sidecars, and ``cpu_mcores_per_1000rps``. Measured
@@ -470,7 +472,7 @@ class LocalMesh:
         for suffix, procs in groups.items():
             found = [p for p in procs if p.name in cores]
             out[f"cpu_cores{suffix}"] = sum(cores[p.name] for p in found) if found else math.nan
-            out[f"rss_mib{suffix}"] = sum(_rss_mib(p.pid) for p in found) if found else math.nan
+            out[f"rss_mib{suffix}"] = sum(rss.get(p.name, math.nan) for p in found) if found else math.nan
         achieved = result.summary()["actual_rps"]
         out["cpu_mcores_per_1000rps"] = 1000 * out["cpu_cores"] / (achieved / 1000) if achieved else math.nan
         return out
