@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,29 @@ def test_no_passing_rate_and_no_failing_rate_are_said_as_such() -> None:
     assert always.rps == 800 and math.isinf(always.upper) and "at least 800 rps" in always.explain()
     with pytest.raises(ValueError):
         search(lambda r: Step(r, True, ""), 0.0)
+
+
+def test_auto_rate_is_half_the_probe_rounded_down_and_a_stored_choice_is_reused(tmp_path: Path) -> None:
+    from workbench.experiments import autorate, open_session
+
+    assert [autorate._round_down(x) for x in (173.0, 86.5, 1234.0, 0.4)] == [170.0, 86.0, 1200.0, 1.0]
+    config = tmp_path / "experiments.yaml"
+    config.write_text(
+        "experiments:\n"
+        "  - {name: ab-auto, kind: ab, service: catalog, variants: {baseline: v1, candidate: v2},\n"
+        "     split: {v1: 50, v2: 50}, rps: auto}\n"
+        "  - {name: ab-fixed, kind: ab, service: catalog, variants: {baseline: v1, candidate: v2},\n"
+        "     split: {v1: 50, v2: 50}, rps: 250}\n"
+    )
+
+    def no_probe() -> object:
+        raise AssertionError("no probe may run: the rate is known")
+
+    fixed = autorate.choose(open_session(config, "ab-fixed", run_dir=tmp_path / "run"), no_probe, what="x",
+                            connections=16)  # fmt: skip
+    assert (fixed.rps, fixed.auto) == (250.0, False)
+    s = open_session(config, "ab-auto", run_dir=tmp_path / "run")
+    stored = autorate.Rate(95.0, True, "rps auto: 95 rps, 50 % of the probed capacity", 190.0, {"steps": []})
+    s.save_json(autorate.PROBE_FILE, dataclasses.asdict(stored))
+    assert autorate.choose(s, no_probe, what="x", connections=16) == stored
+    assert autorate.stored(s) == stored

@@ -25,7 +25,7 @@ backend: local
 defaults: {warmup: 1s, slo_p99_ms: 1000}
 experiments:
   - {name: lt, kind: loadtest, service: frontend, rps: [50, 150], connections: [8], duration: 3s}
-  - {name: mc, kind: mesh_compare, modes: [none, both], rps: 100, connections: [4], trials: 2, duration: 3s}
+  - {name: mc, kind: mesh_compare, modes: [none, both], rps: 100, connections: [16], trials: 2, duration: 3s}
   - {name: nothing, kind: mesh_compare, fortio_results: [no-such-dir/*_qps_*.json]}
   - {name: stored, kind: mesh_compare, modes: [none, both], rps: 100, connections: [16], trials: 3}
 """
@@ -161,14 +161,14 @@ def test_loadtest_verdict_follows_the_knee(
 def test_mesh_compare_runs_interleaved_trials_and_measures_the_sidecars(suite: Path, tmp_path: Path) -> None:
     result = _run(suite, "mc", tmp_path, mesh_compare)
     names = sorted(p.stem for p in (tmp_path / "mc" / "points").glob("*.json"))
-    assert names == [f"{m}_rps100_c4_rep{r}" for m in ("both", "none") for r in (0, 1)]
+    assert names == [f"{m}_rps100_c16_rep{r}" for m in ("both", "none") for r in (0, 1)]
     points = result.tables["points"]
     assert len(points) == 4 and {"saturated", "host_cpu_pct", "loadgen_cpu_cores"} <= set(points.columns)
     assert (points["host_cpu_pct"] > 0).all() and (points["loadgen_cpu_cores"] > 0).all()
     assert result.verdict == ("saturated" if points["saturated"].any() else "measured")
     over = result.tables["overhead"]
     assert set(zip(over["mode"], over["connections"], over["metric"], strict=True)) == {
-        ("both", 4, "p50"), ("both", 4, "p90"), ("both", 4, "p99")
+        ("both", 16, "p50"), ("both", 16, "p90"), ("both", 16, "p99")
     }  # fmt: skip
     p50 = over[over["metric"] == "p50"].iloc[0]
     assert p50["estimate"] > 0, "four sidecar hops per call must add latency"
@@ -177,7 +177,7 @@ def test_mesh_compare_runs_interleaved_trials_and_measures_the_sidecars(suite: P
     ref = sps.ttest_rel(trial["both"], trial["none"]).confidence_interval(1 - 2 * 0.05 / 3)
     assert (p50["ci_low"], p50["ci_high"]) == pytest.approx((ref.low, ref.high))
     assert p50["trials"] == 2 and "1 df" in p50["method"]
-    assert result.figures["delta_p50_both_c4"] == pytest.approx(p50["estimate"])
+    assert result.figures["delta_p50_both_c16"] == pytest.approx(p50["estimate"])
     # direct: each sidecar's own time per traversal, per role, from the access logs of every point
     proxy = result.tables["proxy_cost"].set_index("role")
     # client outbound: loadgen, frontend x2, catalog, reviews; on the critical path: loadgen out,
@@ -186,7 +186,7 @@ def test_mesh_compare_runs_interleaved_trials_and_measures_the_sidecars(suite: P
     assert proxy.loc["server inbound", "per_request"] == pytest.approx(5)
     assert proxy.loc["all sidecars", "critical_traversals"] == 6
     per_point = result.tables["traversal_points"]
-    assert set(per_point["point"]) == {f"both_rps100_c4_rep{r}" for r in (0, 1)}  # mode none: no sidecar
+    assert set(per_point["point"]) == {f"both_rps100_c16_rep{r}" for r in (0, 1)}  # mode none: no sidecar
     for role in ("client outbound", "server inbound"):
         rows = per_point[per_point["role"] == role]
         assert rows["own_p50_us"].between(10, 5000).all() and (rows["cpu_cores"] > 0).all()

@@ -244,10 +244,13 @@ def trial_points(arms: Arms) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["mode", "connections", "trial"], ignore_index=True)
 
 
-def _saturation_note(points: pd.DataFrame) -> str:
+def _saturation_note(points: pd.DataFrame, most: int = 2) -> str:
+    """Which points were saturated and why: the first ``most`` of them, then how many more."""
     bad = points[points["saturated"]]
-    return "; ".join(f"{r['mode']} trial {r['trial']} at {_conns(r['connections'])}: "
-                     f"{r['saturation'].removeprefix('saturated: ')}" for _, r in bad.iterrows())  # fmt: skip
+    text = "; ".join(f"{r['mode']} trial {r['trial']} at {_conns(r['connections'])}: "
+                     f"{r['saturation'].removeprefix('saturated: ')}"
+                     for _, r in bad.head(most).iterrows())  # fmt: skip
+    return text + (f"; and {len(bad) - most} more" if len(bad) > most else "")
 
 
 def trial_rows(
