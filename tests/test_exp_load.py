@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
+from scipy import stats as sps
 
 from conftest import REPO
 from workbench.experiments import loadtest, mesh_compare, open_session
@@ -24,8 +25,9 @@ backend: local
 defaults: {warmup: 1s, slo_p99_ms: 1000}
 experiments:
   - {name: lt, kind: loadtest, service: frontend, rps: [50, 150], connections: [8], duration: 3s}
-  - {name: mc, kind: mesh_compare, modes: [none, both], rps: 100, connections: [4], trials: 2, duration: 3s}
+  - {name: mc, kind: mesh_compare, modes: [none, both], rps: 100, connections: [16], trials: 2, duration: 3s}
   - {name: nothing, kind: mesh_compare, fortio_results: [no-such-dir/*_qps_*.json]}
+  - {name: stored, kind: mesh_compare, modes: [none, both], rps: 100, connections: [16], trials: 3}
 """
 FORTIO = """
 experiments:
@@ -159,30 +161,118 @@ def test_loadtest_verdict_follows_the_knee(
 def test_mesh_compare_runs_interleaved_trials_and_measures_the_sidecars(suite: Path, tmp_path: Path) -> None:
     result = _run(suite, "mc", tmp_path, mesh_compare)
     names = sorted(p.stem for p in (tmp_path / "mc" / "points").glob("*.json"))
-    assert names == [f"{m}_rps100_c4_rep{r}" for m in ("both", "none") for r in (0, 1)]
-    assert result.verdict == "measured" and result.severity == "ok"
+    assert names == [f"{m}_rps100_c16_rep{r}" for m in ("both", "none") for r in (0, 1)]
+    points = result.tables["points"]
+    assert len(points) == 4 and {"saturated", "host_cpu_pct", "loadgen_cpu_cores"} <= set(points.columns)
+    assert (points["host_cpu_pct"] > 0).all() and (points["loadgen_cpu_cores"] > 0).all()
+    assert result.verdict == ("saturated" if points["saturated"].any() else "measured")
     over = result.tables["overhead"]
     assert set(zip(over["mode"], over["connections"], over["metric"], strict=True)) == {
-        ("both", 4, "p50"), ("both", 4, "p90"), ("both", 4, "p99")
+        ("both", 16, "p50"), ("both", 16, "p90"), ("both", 16, "p99")
     }  # fmt: skip
     p50 = over[over["metric"] == "p50"].iloc[0]
     assert p50["estimate"] > 0, "four sidecar hops per call must add latency"
-    assert p50["ci_low"] <= p50["estimate"] <= p50["ci_high"] and p50["n_windows"] >= 3 and p50["trials"] == 2
-    assert result.figures["delta_p50_both_c4"] == pytest.approx(p50["estimate"])
-    assert result.headline.startswith("both adds +")
-    cost = result.tables["proxy_cost"].set_index("mode")
-    assert cost.loc["both", "cpu_cores"] > 0 and cost.loc["both", "cpu_mcores_per_1000rps"] > 0
+    # the interval is the paired t over the two trials' own p50s (1 df), nothing pooled
+    trial = points.pivot(index="trial", columns="mode", values="p50")
+    ref = sps.ttest_rel(trial["both"], trial["none"]).confidence_interval(1 - 2 * 0.05 / 3)
+    assert (p50["ci_low"], p50["ci_high"]) == pytest.approx((ref.low, ref.high))
+    assert p50["trials"] == 2 and "1 df" in p50["method"]
+    assert result.figures["delta_p50_both_c16"] == pytest.approx(p50["estimate"])
+    # direct: each sidecar's own time per traversal, per role, from the access logs of every point
+    proxy = result.tables["proxy_cost"].set_index("role")
+    # client outbound: loadgen, frontend x2, catalog, reviews; on the critical path: loadgen out,
+    # frontend in and out, catalog (or reviews) in and out, the leaf's in
+    assert proxy.loc["client outbound", "per_request"] == pytest.approx(5)
+    assert proxy.loc["server inbound", "per_request"] == pytest.approx(5)
+    assert proxy.loc["all sidecars", "critical_traversals"] == 6
+    per_point = result.tables["traversal_points"]
+    assert set(per_point["point"]) == {f"both_rps100_c16_rep{r}" for r in (0, 1)}  # mode none: no sidecar
+    for role in ("client outbound", "server inbound"):
+        rows = per_point[per_point["role"] == role]
+        assert rows["own_p50_us"].between(10, 5000).all() and (rows["cpu_cores"] > 0).all()
+    if result.verdict == "measured":
+        assert result.figures["own_p50_us_both"] == pytest.approx(proxy.loc["all sidecars", "own_p50_us"])
+        assert result.headline.startswith("Each sidecar traversal adds ")
+        assert "end to end, both adds +" in result.headline and "critical path" in result.headline
+    observer = result.tables["observer"].set_index("mode")
+    assert math.isnan(observer.loc["both", "Prometheus (workbench)"])  # not running in compared meshes
+    assert (
+        observer.loc["both", "load generator (k6)"] > 0 and observer.loc["both", "sidecars on the path"] > 0
+    )
     decision, sources = result.tables["decision"], result.tables["decision_sources"]
-    assert "both vs none" in decision.loc["added p50 latency", "Istio"]
-    assert decision.loc["added p50 latency", "Linkerd"].startswith("not measured here")
+    assert list(decision.columns) == [mesh_compare.MEASURED, "Istio", "Linkerd", "Consul"]
+    assert "both vs none" in decision.loc["added latency", mesh_compare.MEASURED]
+    assert (
+        "0.20 vCPU" in decision.loc["proxy CPU", "Istio"]
+        and "Istio 1.24" in decision.loc["proxy CPU", "Istio"]
+    )
+    assert sources.loc["proxy CPU", "Istio"].startswith("https://istio.io/v1.24/")
+    assert sources.loc["added latency", "Linkerd"].startswith("https://linkerd.io/")
     features = ["mTLS", "authorization", "traffic split", "header routing", "fault injection",
                 "observability", "multi-cluster"]  # fmt: skip
     meshes = ("Istio", "Linkerd", "Consul")
     assert all(sources.loc[f, m].startswith("https://") for f in features for m in meshes)
     figs = mesh_compare.figures(result)
-    assert set(figs) == {"overhead", "percentiles", "proxy_cpu"}
+    # the CPU figure needs unsaturated trials (a saturated point's CPU is queueing's, not the proxies')
+    expected = {"overhead", "percentiles", "own_time"} | (
+        {"proxy_cpu"} if result.verdict == "measured" else set()
+    )
+    assert set(figs) == expected
     _check_figures(figs)
     _same(result, _run(suite, "mc", tmp_path, mesh_compare, replay=True))
+
+
+def _stored_point(
+    mode: str, trial: int, p50: float, host_cpu: float = 40.0, rps: float = 100.0
+) -> LoadResult:
+    """A stored trial point with its latency centred on ``p50`` (ms) and the host CPU it recorded."""
+    n = 400
+    start = pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(minutes=trial)
+    rng = np.random.default_rng(trial * 10 + len(mode))
+    samples = pd.DataFrame({
+        "timestamp": start + pd.to_timedelta(np.linspace(0, 4, n, endpoint=False), unit="s"),
+        "latency_ms": p50 + rng.normal(0, 0.01, n), "status": np.full(n, 200), "variant": np.full(n, "v1"),
+    })  # fmt: skip
+    meta = {"mode": mode, "rps": rps, "requested_rps": rps, "connections": 16, "repetition": trial - 1,
+            "duration_s": 4.0, "start": start.isoformat(), "point": f"{mode}_rps{rps:g}_c16_rep{trial - 1}",
+            "host": {"host_cpu_pct": host_cpu, "cores": 2, "loadgen_cpu_cores": 0.2}}  # fmt: skip
+    return LoadResult(meta, samples)
+
+
+def _store(tmp_path: Path, points: list[LoadResult]) -> None:
+    for r in points:
+        storage.save(r, tmp_path / "stored" / "points", r.meta["point"])
+
+
+def test_mesh_compare_interval_comes_from_between_trial_variation(suite: Path, tmp_path: Path) -> None:
+    """Each trial shifts both arms alike (run-to-run variation); the per-trial difference is 2, 2.5
+    and 2 ms. The interval is the paired t over those three, however tight each trial's windows are."""
+    base = {1: 5.0, 2: 7.0, 3: 6.0}
+    extra = {1: 2.0, 2: 2.5, 3: 2.0}
+    _store(tmp_path, [_stored_point("none", t, base[t]) for t in (1, 2, 3)]
+           + [_stored_point("both", t, base[t] + extra[t]) for t in (1, 2, 3)])  # fmt: skip
+    result = _run(suite, "stored", tmp_path, mesh_compare, replay=True)
+    p50 = result.tables["overhead"].set_index("metric").loc["p50"]
+    ref = sps.ttest_rel([7.0, 9.5, 8.0], [5.0, 7.0, 6.0]).confidence_interval(1 - 2 * 0.05 / 3)
+    assert p50["estimate"] == pytest.approx(13 / 6, abs=0.01)
+    assert (p50["ci_low"], p50["ci_high"]) == pytest.approx((ref.low, ref.high), abs=0.01)
+    assert p50["ci_high"] - p50["ci_low"] > 0.5  # the windows' noise (0.01 ms) would have given ~0.01
+    assert p50["ci_low"] > 1.0 and p50["verdict"] == "worse"  # beyond the 1 ms margin, even over 3 trials
+    assert result.verdict == "measured" and "trials as replicates, 3 per mode" in result.headline
+
+
+def test_a_saturated_point_is_not_reported_as_proxy_overhead(suite: Path, tmp_path: Path) -> None:
+    both = [_stored_point("both", t, 9.0, host_cpu=91.0 if t == 2 else 50.0) for t in (1, 2, 3)]
+    _store(tmp_path, [_stored_point("none", t, 5.0) for t in (1, 2, 3)] + both)
+    result = _run(suite, "stored", tmp_path, mesh_compare, replay=True)
+    assert result.verdict == "saturated" and result.severity == "inconclusive"
+    assert result.headline.startswith(
+        "saturated: 1 of 6 points (both trial 2 at 16 connections: host CPU 91 %"
+    )
+    assert "not reported as proxy overhead" in result.headline and "adds" not in result.headline
+    over = result.tables["overhead"]
+    assert set(over["verdict"]) == {"saturated"}
+    assert all(c["verdict"] == "saturated" and c["severity"] == "inconclusive" for c in result.checks)
 
 
 def test_mesh_compare_without_matching_files_names_pattern_and_directory(suite: Path, tmp_path: Path) -> None:
@@ -222,9 +312,13 @@ def test_fortio_ingest_reports_the_files_own_differences(fortio_suite: Path, tmp
     expected = _fortio_p50_ms(files, 16, "both") - _fortio_p50_ms(files, 16, "base")
     assert result.figures["delta_p50_both_c16"] == pytest.approx(expected, abs=1e-3)  # 1 µs
     assert "no interval" in result.headline and "vs base" in result.headline
-    decision = result.tables["decision"]
-    assert "both vs base" in decision.loc["added p50 latency", "Istio"]  # the files' path names Istio
-    assert decision.loc["added p50 latency", "Consul"].startswith("not measured here")
+    decision, sources = result.tables["decision"], result.tables["decision_sources"]
+    assert list(decision.columns) == [mesh_compare.INGESTED, "Istio", "Linkerd", "Consul"]
+    assert "both vs base" in decision.loc["added latency", mesh_compare.INGESTED]
+    assert "the files name Istio" in sources.loc["added latency", mesh_compare.INGESTED]
+    assert decision.loc["added latency", "Consul"].startswith(
+        "no published"
+    )  # never filled in by a measurement
     figs = mesh_compare.figures(result)
     assert set(figs) == {"overhead", "percentiles"}
     _check_figures(figs)

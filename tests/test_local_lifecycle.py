@@ -79,3 +79,41 @@ def test_topology_file_errors_name_file_and_line(tmp_path: Path) -> None:
     lines = [str(p) for p in info.value.problems]
     assert f"{bad}:5 services.web.versions.v1.service_time_ms: must be >= 0 (got -1)" in lines
     assert load_topology().entry() == "frontend"
+
+
+def _active_targets(mesh: LocalMesh, expected: int | None = None) -> int:
+    """Prometheus' active scrape targets (waiting up to 10 s for ``expected``: after a reload,
+    discovery hands the scrape manager its targets on a tick)."""
+    import requests
+
+    deadline = time.monotonic() + 10
+    while True:
+        data = requests.get(f"{mesh.prometheus_url()}/api/v1/targets", params={"state": "active"}, timeout=5)
+        found = len(data.json()["data"]["activeTargets"])
+        if expected is None or found == expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_quiet_pauses_the_workbench_scraping_and_telemetry_off_runs_none_of_it() -> None:
+    """The workbench's own observers must not eat what a measurement measures: ``quiet()`` stops
+    Prometheus scraping for the block (also on error), a mesh without telemetry never starts them."""
+    with LocalMesh(mode="serveronly", wait_for_metrics=True) as m:
+        scraped = _active_targets(m)
+        assert scraped >= 10  # apps, sidecars, the process and audit exporters
+        with pytest.raises(RuntimeError, match="inside"), m.quiet():
+            assert _active_targets(m, 0) == 0
+            raise RuntimeError("inside")
+        assert _active_targets(m, scraped) == scraped
+    with LocalMesh(mode="serveronly", telemetry=False) as m:
+        kinds = {p.labels.get("kind") for p in m.supervisor.procs}
+        assert kinds == {"app", "envoy"}
+        with pytest.raises(BackendError, match="without the workbench's Prometheus"):
+            m.prometheus_url()
+        result = m.run_load("pricing", LoadProfile(rps=50, connections=2, duration_s=2))
+        host = result.meta["host"]
+        assert 0 < host["host_cpu_pct"] <= 100 and host["loadgen_cpu_cores"] > 0
+        assert set(host["process_cores"]) == {p.name for p in m.supervisor.procs}
+        assert result.meta["proxy_cost"]["cpu_cores_server"] > 0  # measured without Prometheus
+        with m.quiet():  # nothing to pause
+            pass

@@ -154,6 +154,27 @@ def test_index_lists_every_experiment_with_verdict_and_link(quick_run: Run) -> N
         assert f">{result['verdict']}</span>" in index
 
 
+def test_quick_mesh_comparison_probes_its_rate_and_has_no_interval(quick_run: Run) -> None:
+    """rps: auto probed the slowest mode's capacity and ran at half of it or less; one trial per mode
+    (--quick) gives no interval, and says so."""
+    r = quick_run.result("sidecar-overhead")
+    probe = json.loads((quick_run.data / "sidecar-overhead" / "probe.json").read_text())
+    assert probe["auto"] and probe["probe"]["what"].startswith("both-mtls")
+    assert 0 < probe["rps"] <= 0.5 * probe["capacity_rps"]
+    steps = probe["probe"]["steps"]
+    assert any(st["ok"] and st["rps"] == probe["capacity_rps"] for st in steps)
+    assert any(not st["ok"] for st in steps)  # the probe went past the capacity to know it
+    points = {p.stem for p in (quick_run.data / "sidecar-overhead" / "points").glob("*.json")}
+    assert points == {f"{m}_rps{probe['rps']:g}_c1_rep0" for m in ("none", "both-mtls")}
+    assert f"rps auto: {probe['rps']:g} rps" in r["headline"] and r["figures"]["rps"] == probe["rps"]
+    assert r["verdict"] in ("measured", "saturated")
+    if r["verdict"] == "measured":
+        assert r["headline"].startswith("Each sidecar traversal adds ")
+        assert "no interval (one trial per mode)" in r["headline"]
+    checks = [c for c in r["checks"] if c["verdict"] != "saturated"]
+    assert all(c["verdict"] == "no interval" and c["ci"] == [None, None] for c in checks)
+
+
 def test_report_rerenders_from_stored_data_without_load(quick_run: Run) -> None:
     before = {
         n: quick_run.result(n)["verdict"]

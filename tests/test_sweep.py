@@ -56,6 +56,9 @@ def test_live_sweep_stores_reloads_and_summarizes(tmp_path: Path) -> None:
         assert row["error_pct"] == 0
         assert row["cpu_cores"] > 0 and row["rss_mib"] > 5 and row["cpu_mcores_per_1000rps"] > 0
         assert row["cpu_cores_server"] > 0
+        assert 0 < row["host_cpu_pct"] <= 100 and row["loadgen_cpu_cores"] > 0
+        limits = row["host_cpu_pct"] >= 85 or row["achieved_pct"] < 99 or row["dropped_pct"] > 1
+        assert row["saturated"] == limits and (row["saturation"].startswith("saturated")) == limits
         if row["mode"] == "both":
             assert row["cpu_cores_client"] > 0
         else:

@@ -9,8 +9,9 @@ import graph and fails on a cycle or an upward import)::
          │ drives               │ reads                               │ judges
          ▼                      ▼                                     ▼
     backends/  ───────►  metrics/ (Prometheus, dialects)  ──►  stats/  ──►  analysis/
-    local mesh |          load/ (k6, result files, sweeps)      compare,     topology,
-    kubernetes                                                  sequential   localization
+    local mesh |          load/ (k6, result files, sweeps,      compare,     topology,
+    kubernetes            host CPU, capacity search)            trials,      localization,
+                                                                sequential   proxy cost
          │ every change                                                    │
          ▼                                                                 ▼
       audit/  (hash-chained log + exporter)        suite/ (runner, kernel) ─► report/ (HTML, CI)

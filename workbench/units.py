@@ -99,6 +99,14 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _auto_rps(value: Any) -> float | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"must be a number of requests per second > 0, or 'auto' (got {show_value(value)})")
+    return float(value)
+
+
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive_duration)]
@@ -106,6 +114,8 @@ Percent = Annotated[float, AfterValidator(_percent)]
 Weight = Annotated[int, AfterValidator(_percent)]
 Name = Annotated[str, AfterValidator(_name)]
 Rps = Annotated[float, Field(gt=0)]
+# ``auto``: probe the capacity of the slowest arm first, then use at most half of it
+AutoRps = Annotated[float | str, BeforeValidator(_auto_rps)]
 Connections = Annotated[int, Field(ge=1, le=100_000)]
 
 

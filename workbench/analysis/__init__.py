@@ -1,2 +1,3 @@
-"""Analysis above the statistics: the service graph (``topology``) and which service changed
-(``localize``), from access logs or telemetry."""
+"""Analysis above the statistics: the service graph (``topology``), which service changed
+(``localize``), from access logs or telemetry, and what each proxy costs per traversal
+(``proxycost``), from its access log."""

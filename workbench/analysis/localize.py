@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.load.results import error_mask
 from workbench.metrics.histogram import merge
 from workbench.stats.compare import Comparison, Margin, MetricResult, compare_tables
 from workbench.stats.windows import STAT_COLUMNS, window_table
@@ -60,6 +61,7 @@ from workbench.units import parse_duration
 
 __all__ = [
     "LOG_COLUMNS",
+    "TIMING_COLUMNS",
     "AccessLogTail",
     "Localization",
     "ServiceChange",
@@ -89,6 +91,19 @@ LOG_COLUMNS = [
     "caller",
     "request_id",
 ]
+# Envoy's own duration points, read too (ms; NaN where a log has no such point): the upstream round
+# trip, the request path (arrival -> first byte upstream) and the response path (last byte from
+# upstream -> last byte downstream); the proxy's own time = duration - upstream (analysis.proxycost).
+TIMING_COLUMNS = [
+    "upstream_ms",
+    "request_ms",
+    "response_ms",
+    "new_connection",  # an upstream connection was opened for this request
+    "connect_ms",  # that connection's TCP connect (repeated on every request of the connection)
+    "handshake_ms",  # its TLS handshake (mTLS), NaN in plaintext
+]
+DURATION_FIELDS = {"upstream_ms": "upstream_us", "request_ms": "request_us", "response_ms": "response_us",
+                   "connect_ms": "connect_us", "handshake_ms": "handshake_us"}  # fmt: skip
 _SIDECAR = re.compile(r"^(?P<service>.+)-(?P<version>[^-]+)-(?P<direction>inbound|outbound)$")
 _CLUSTER = re.compile(r"^outbound\|(?P<service>[^|]+)\|(?P<version>[^|]*)$")
 
@@ -133,20 +148,31 @@ def _records(lines: Sequence[str], sidecar: Mapping[str, str], name: str) -> lis
                 else sidecar["version"],
                 "caller": r.get("caller") or "",
                 "request_id": r.get("request_id") or "",
+                **{column: _ms(r.get(key)) for column, key in DURATION_FIELDS.items()},
+                "new_connection": _ms(r.get("cx_after_us")) >= 0,
             }
         )
     return out
 
 
+def _ms(value: Any) -> float:
+    """A logged µs duration in ms; NaN when Envoy had no such time point ("-", null, absent)."""
+    try:
+        return float(value) / 1000.0
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(records, columns=LOG_COLUMNS)
+    frame = pd.DataFrame.from_records(records, columns=[*LOG_COLUMNS, *TIMING_COLUMNS])
     return frame.sort_values("start", ignore_index=True)
 
 
 class AccessLogTail:
     """New lines of every sidecar's access log since the last read (``run_dir/envoy/*/access.log``).
 
-    Envoy flushes its logs every second, so a read sees requests that ended up to ~1 s earlier.
+    Envoy flushes its logs every ``ACCESS_LOG_FLUSH_S`` (0.25 s), so a read sees the requests that
+    ended up to that long before.
     ``skip()`` starts from the logs' current end, so a run reads only its own requests.
     """
 
@@ -186,7 +212,8 @@ class AccessLogTail:
 def parse_lines(
     raw: Mapping[str, Sequence[str]], sidecars: Mapping[str, Mapping[str, str]] | None = None
 ) -> pd.DataFrame:
-    """Access-log lines per sidecar name → one frame (:data:`LOG_COLUMNS`), sorted by start."""
+    """Access-log lines per sidecar name → one frame (:data:`LOG_COLUMNS` and
+    :data:`TIMING_COLUMNS`), sorted by start."""
     records: list[dict[str, Any]] = []
     for name, lines in raw.items():
         info = (sidecars or {}).get(name) or sidecar_of(name)
@@ -213,7 +240,7 @@ def read_access_logs(
 
 
 def _failed(status: pd.Series) -> pd.Series:
-    return (status <= 0) | (status >= 500)
+    return pd.Series(error_mask(status.to_numpy()), index=status.index)
 
 
 def edges_from_logs(logs: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from workbench.load.results import error_mask
 from workbench.metrics.histogram import merge
 from workbench.report.plots import COLOURS, styled
 
@@ -131,7 +132,7 @@ class ServiceGraph:
         if not len(edges):
             return cls({}, [], 0.0, "access logs (empty)")
         seconds = float(logs["start"].max() - logs["start"].min()) or 1.0
-        failed = (edges["status"] <= 0) | (edges["status"] >= 500)
+        failed = error_mask(edges["status"].to_numpy())
         rows = (
             edges.assign(bad=failed)
             .groupby(["source", "destination", "version"], sort=True)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from workbench import __version__
-from workbench.cli import audit, ingest, local, run, validate
+from workbench.cli import audit, export, ingest, local, run, validate
 from workbench.cli import doctor as doctor_cmd
 from workbench.cli._common import out
 
@@ -43,6 +43,7 @@ app.command("doctor")(doctor_cmd.doctor_cmd)
 app.add_typer(local.local_app, name="local")
 app.command("ingest")(ingest.ingest)
 app.add_typer(audit.audit_app, name="audit")
+app.add_typer(export.export_app, name="export")
 app.command("run")(run.run)
 app.command("report")(run.report)
 

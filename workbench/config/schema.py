@@ -30,6 +30,7 @@ from workbench.backends.traffic import (
 )
 from workbench.config.problems import ConfigError, Problem, format_path, parse_model
 from workbench.units import (
+    AutoRps,
     Connections,
     Duration,
     HttpUrl,
@@ -193,7 +194,7 @@ class MeshCompare(_Loaded):
     meshes: list[str] | None = None
     fortio_results: list[str] | None = None
     baseline: str | None = None
-    rps: Rps = 1000.0
+    rps: AutoRps = "auto"
     connections: Annotated[list[Connections], Field(min_length=1)] = [1, 4, 16, 64]
     trials: Annotated[int, Field(ge=2, le=100)] = 3
 
@@ -219,9 +220,7 @@ class MeshCompare(_Loaded):
         if self.fortio_results is not None:
             return f"ingest {len(self.fortio_results)} path(s), baseline {self.baseline or 'first'}"
         arms = ", ".join(self.modes or self.meshes or [])
-        return (
-            f"{arms} at {_nums([self.rps])} rps x connections {_nums(self.connections)}, {self.trials} trials"
-        )
+        return f"{arms} at {_rate(self.rps)} x connections {_nums(self.connections)}, {self.trials} trials"
 
     def planned_seconds(self) -> float:
         if self.fortio_results is not None:
@@ -242,7 +241,7 @@ class AB(_Loaded):
     variants: Variants
     split: Split | None = None
     route: Route | None = None
-    rps: Rps = 200.0
+    rps: AutoRps = 200.0
     connections: Connections = 16
     metrics: Annotated[list[Metric], Field(min_length=1)] = ["p50", "p90", "p99", "error_rate"]
     # local mesh: then measure both versions' apps without sidecars, as long as the A/B — the
@@ -264,7 +263,7 @@ class AB(_Loaded):
             assert r is not None
             field = "header" if r.header else "cookie"
             how = f"{field} {r.header or r.cookie}={r.value} on {_nums([r.percent])}%"
-        return f"{v.baseline} vs {v.candidate}, {how}, {_nums([self.rps])} rps, {', '.join(self.metrics)}"
+        return f"{v.baseline} vs {v.candidate}, {how}, {_rate(self.rps)}, {', '.join(self.metrics)}"
 
     def planned_seconds(self) -> float:
         return (self.duration or 0) * (2 if self.ground_truth else 1) + (self.warmup or 0)
@@ -277,7 +276,7 @@ class Canary(_Loaded):
     stable: str
     canary: str
     steps: Annotated[list[Step], Field(min_length=1)]
-    rps: Rps = 200.0
+    rps: AutoRps = 200.0
     connections: Connections = 16
     metrics: Annotated[list[Metric], Field(min_length=1)] = ["p50", "p99", "error_rate"]
     on_fail: Literal["rollback", "pause"] = "rollback"
@@ -489,6 +488,10 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple[Any, ...], str]]:
                         f"(got {', '.join(map(str, exp.split))})",
                     )
                 )
+        if isinstance(exp, AB | Canary | MeshCompare) and _auto_closed(exp):
+            why = ("'auto' chooses an open-model rate; the closed model has none (each connection sends as "
+                   "fast as answers come): give model: open")  # fmt: skip
+            problems.append((("experiments", i, "rps"), why))
         if isinstance(exp, Resilience):
             names = [p.name for p in exp.protections]
             for j, n in enumerate(names):
@@ -528,5 +531,15 @@ def loads(text: str, source: str = "experiments.yaml") -> Config:
     return cfg
 
 
+def _auto_closed(exp: AB | Canary | MeshCompare) -> bool:
+    """``rps: auto`` written with the closed model (a mesh comparison ingesting files runs no load)."""
+    ingests = isinstance(exp, MeshCompare) and exp.fortio_results is not None
+    return exp.rps == "auto" and exp.model == "closed" and "rps" in exp.model_fields_set and not ingests
+
+
 def _nums(values: Iterable[float]) -> str:
     return ", ".join(f"{v:g}" for v in values)
+
+
+def _rate(rps: float | str) -> str:
+    return "rps auto (<= 50 % of the probed capacity)" if rps == "auto" else f"{rps:g} rps"

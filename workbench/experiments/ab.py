@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import nullcontext
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.backends.base import DirectMeasure
+from workbench.experiments import autorate
 from workbench.experiments.session import VERDICT_SEVERITY, ExperimentResult, Session, metric_checks
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult
@@ -26,8 +28,9 @@ from workbench.stats.compare import Comparison, compare
 SEVERITY = VERDICT_SEVERITY
 
 
-def profile(spec: Any, seed: int | None = None) -> LoadProfile:
-    """The load of an A/B: the route's share of requests carries the header or cookie."""
+def profile(spec: Any, seed: int | None = None, rps: float | None = None) -> LoadProfile:
+    """The load of an A/B (at ``rps``, default the spec's): the route's share of requests carries
+    the header or cookie."""
     tagged: dict[str, str] = {}
     percent = 0.0
     if spec.route is not None:
@@ -35,7 +38,7 @@ def profile(spec: Any, seed: int | None = None) -> LoadProfile:
         tagged = {r.header: r.value} if r.header else {"Cookie": f"{r.cookie}={r.value}"}
         percent = r.percent
     return LoadProfile(
-        rps=spec.rps if spec.model == "open" else None,
+        rps=(rps or spec.rps) if spec.model == "open" else None,
         connections=spec.connections,
         duration_s=spec.duration,
         warmup_s=spec.warmup,
@@ -51,14 +54,15 @@ def run(s: Session) -> None:
     """Apply the split or route, run the load, restore the baseline; then measure the apps directly."""
     spec, mesh = s.spec, s.backend()
     base, cand = spec.variants.baseline, spec.variants.candidate
+    rps = _rate(s, mesh)
     try:
         if spec.split is not None:
             mesh.set_split(spec.service, spec.split)
         else:
             mesh.set_split(spec.service, {base: 100})
             mesh.set_route(spec.service, spec.route, version=cand)
-        s.progress(f"A/B {base} vs {cand}: {spec.rps:g} rps for {spec.duration:g} s")
-        storage.save(mesh.run_load(spec.service, profile(spec, s.seed)), s.store, "ab")
+        s.progress(f"A/B {base} vs {cand}: {rps:g} rps for {spec.duration:g} s")
+        storage.save(mesh.run_load(spec.service, profile(spec, s.seed, rps)), s.store, "ab")
     finally:
         if spec.route is not None:
             mesh.set_route(spec.service, None)
@@ -66,14 +70,23 @@ def run(s: Session) -> None:
     if spec.ground_truth and isinstance(mesh, DirectMeasure):
         s.progress(f"measuring {base} and {cand} directly, without sidecars (ground truth)")
         # as long as the A/B: the truth is judged with the same windows, so it needs as many
-        storage.save(_direct(mesh, spec, s.seed, spec.duration), s.store, "direct")
+        storage.save(_direct(mesh, spec, s.seed, spec.duration, rps), s.store, "direct")
 
 
-def _direct(mesh: Any, spec: Any, seed: int | None, duration_s: float) -> LoadResult:
+def _rate(s: Session, mesh: Any) -> float:
+    """The spec's rate, or with ``rps: auto`` half the capacity probed on this mesh (stored)."""
+    if s.spec.model != "open":
+        return float("nan")
+    chosen = autorate.choose(s, lambda: nullcontext(mesh), what="the mesh the A/B runs on",
+                             connections=s.spec.connections)  # fmt: skip
+    return chosen.rps
+
+
+def _direct(mesh: Any, spec: Any, seed: int | None, duration_s: float, rps: float) -> LoadResult:
     from workbench.load.k6 import run_k6
 
     target = mesh.direct_target(spec.service, [spec.variants.baseline, spec.variants.candidate])
-    plain = LoadProfile(rps=spec.rps, connections=spec.connections, duration_s=duration_s,
+    plain = LoadProfile(rps=rps, connections=spec.connections, duration_s=duration_s,
                         warmup_s=spec.warmup, path=spec.path, seed=seed)  # fmt: skip
     work = tempfile.mkdtemp(prefix="k6-direct-")
     try:
@@ -112,6 +125,9 @@ def analyse(s: Session) -> ExperimentResult:
     truth = _truth(s, frame)
     decisive = next((r for r in comp if r.verdict == comp.verdict), next(iter(comp)))
     headline = f"{spec.service} {cand} vs {base}: {comp.verdict}. {decisive.explain()}"
+    chosen = autorate.stored(s)
+    if chosen is not None and chosen.auto:
+        headline += f" ({chosen.reason})"
     figures: dict[str, Any] = {
         "requests_" + base: len(arms[base].samples),
         "requests_" + cand: len(arms[cand].samples),

@@ -42,7 +42,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +53,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.backends.base import Observer
+from workbench.experiments import autorate
 from workbench.experiments.session import ExperimentResult, Session, Severity, metric_checks
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult, empty_samples
@@ -251,11 +252,11 @@ def _signals_blocked() -> Iterator[None]:
 # Running
 
 
-def profile(spec: Any, duration_s: float, warmup_s: float) -> LoadProfile:
-    """The load of one step (warm-up only before the first)."""
+def profile(spec: Any, duration_s: float, warmup_s: float, rps: float | None = None) -> LoadProfile:
+    """The load of one step (warm-up only before the first), at ``rps`` (default the spec's)."""
     return LoadProfile(
-        rps=spec.rps if spec.model == "open" else None, connections=spec.connections, duration_s=duration_s,
-        warmup_s=warmup_s, model=spec.model, path=spec.path,
+        rps=(rps or spec.rps) if spec.model == "open" else None, connections=spec.connections,
+        duration_s=duration_s, warmup_s=warmup_s, model=spec.model, path=spec.path,
     )  # fmt: skip
 
 
@@ -316,6 +317,10 @@ def run(s: Session) -> None:
     timeline = Timeline(s, plan)
     timeline.add("initial split", split=mesh.get_split(plan.service))
     looker = Looker(plan)
+    rps = None
+    if spec.model == "open" and not isinstance(mesh, Observer):  # a cluster's canary generates no load
+        rps = autorate.choose(s, lambda: nullcontext(mesh), what="the mesh the canary runs on",
+                              connections=spec.connections).rps  # fmt: skip
     n = len(plan.steps)
     frames: list[pd.DataFrame] = []
     outcome, reason = "failed", "the run ended before its first decision"
@@ -338,7 +343,7 @@ def run(s: Session) -> None:
                     return bool(made) and made[-1].action == "rollback"
 
                 watch = on_window if plan.anytime else None
-                data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup), watch)
+                data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup, rps), watch)
                 timeline.add("step end", step=i, weight=weight, requests=_requests(data), file=file)
                 frames.append(data)
                 if not (made and made[-1].action == "rollback"):
@@ -535,6 +540,9 @@ def analyse(s: Session) -> ExperimentResult:
     else:
         verdict, severity = OUTCOMES.get(end["outcome"], (end["outcome"], "error"))
         headline = _headline(plan, events, looks, final_split)
+        chosen = autorate.stored(s)
+        if chosen is not None and chosen.auto:
+            headline += f" ({chosen.reason})"
     figures: dict[str, Any] = {
         "final_split": final_split,
         "steps_completed": sum(1 for e in events if e["event"] == "step end"),

@@ -9,23 +9,36 @@ Verdict ``pass`` says up to which rate the SLO holds; ``fail`` (severity worse) 
 lowest rate misses it at every connection count of some mode. Too few connections for a rate is
 not a failure of the mesh (an open-model generator with c connections and latency L cannot exceed
 c / L rps), so each rate counts as met when some connection count meets it.
+
+The report leads with the sidecars' direct cost: each point keeps its proxies' traversals (their
+access logs, ``analysis.proxycost``), and the headline says what each sidecar traversal adds
+(own time p50, with an interval over ``repetitions`` when there are several) at the lowest load
+that was not saturated; with a ``none`` mode in the sweep, the end-to-end difference at that load
+follows as the cross-check, then how the two agree. Every point records whether it was saturated
+(host CPU over all cores, k6's own CPU, achieved vs requested, dropped); the meshes it measures
+pause the workbench's own scraping while the points run.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from workbench.analysis import proxycost
+from workbench.backends.local.layout import MODES
 from workbench.experiments.session import ExperimentResult, Session
 from workbench.load.results import LoadResult
 from workbench.load.sweep import Point, SweepSpec, knee, run_sweep, table
 from workbench.report.plots import COLOURS, PALETTE, styled
+from workbench.stats.trials import paired_trials
 
-POINTS = "points"
+POINTS, TRAVERSALS = "points", "traversals"
 MIN_ACHIEVED_PCT = 99.0
 PERCENTILES = ("p50", "p90", "p99")
 DASHES = {"p50": "solid", "p90": "dash", "p99": "dot"}
@@ -67,10 +80,22 @@ def run(s: Session) -> None:
         summary = result.summary()
         s.progress(
             f"point {counter['n']}/{total}: {point.mode} {point.rps:g} rps x {point.connections} conns "
-            f"(rep {point.repetition}): achieved {summary['actual_rps']:.0f} rps, p99 {summary['p99']:.1f} ms"
+            f"(rep {point.repetition}): achieved {summary['actual_rps']:.0f} rps, "
+            f"p99 {summary['p99']:.1f} ms; "
+            f"{result.saturation().explain()}; {proxycost.observer_note(result)}"
         )
 
-    run_sweep(sweep, s.mesh, store, progress=False, on_point=on_point)
+    recorder = proxycost.TraversalRecorder(s.store / TRAVERSALS)
+    with s.quiet_others():
+        run_sweep(sweep, lambda mode: _quiet(s.mesh(mode)), store, progress=False, on_point=on_point,
+                  on_measured=recorder, before_point=recorder.before)  # fmt: skip
+
+
+@contextmanager
+def _quiet(mesh_cm: AbstractContextManager[Any]) -> Iterator[Any]:
+    """The mesh of ``mesh_cm`` with its own scraping paused while its points run."""
+    with mesh_cm as mesh, mesh.quiet() if hasattr(mesh, "quiet") else nullcontext():
+        yield mesh
 
 
 def points(s: Session) -> pd.DataFrame:
@@ -138,6 +163,12 @@ def analyse(s: Session) -> ExperimentResult:
         headline = f"SLO met up to {met:g} rps ({rule}): " + "; ".join(parts)
         if all(m["knee_rps"] >= top for m in summaries):
             headline += "; the highest rate tried, so the knee lies beyond this sweep"
+    costs = proxycost.sweep_costs(s.store / POINTS, s.store / TRAVERSALS)
+    proxy = proxycost.over_trials(costs, by=("mode", "rps", "connections"), alpha=spec.alpha,
+                                  replicate="repetition")  # fmt: skip
+    lead, own = _direct_lead(frame, proxy)
+    if lead:
+        headline = f"{lead[0].upper()}{lead[1:]}. {headline[0].upper()}{headline[1:]}"
     figures: dict[str, Any] = {
         "slo_p99_ms": slo,
         "knee_rps": min(m["knee_rps"] for m in summaries),
@@ -149,13 +180,52 @@ def analyse(s: Session) -> ExperimentResult:
         for m in summaries:
             figures[f"knee_rps_{m['mode']}"] = m["knee_rps"]
             figures[f"p99_ms_lowest_load_{m['mode']}"] = m["p99_ms_lowest_load"]
+    if own is not None:
+        figures["own_p50_us"] = own["own_p50_us"]
+        figures["own_p50_us_ci"] = [own["own_p50_ci_low"], own["own_p50_ci_high"]]
+    figures["saturated_points"] = int(frame["saturated"].sum()) if "saturated" in frame else 0
     tables = {
         "summary": pd.DataFrame(summaries).set_index("mode"),
         "knee": knees.set_index(["mode", "connections"]),
         "points": frame,
+        "proxy_cost": proxy,
     }
     return ExperimentResult(spec.name, "loadtest", verdict, severity, headline, figures, tables,  # type: ignore[arg-type]
                             {"medians": med, "slo_p99_ms": slo})  # fmt: skip
+
+
+def _direct_lead(points: pd.DataFrame, proxy: pd.DataFrame) -> tuple[str, pd.Series | None]:
+    """The sidecars' own time per traversal at the lowest load that was not saturated (the
+    heaviest sidecar mode swept), then with a ``none`` mode the end-to-end difference there and
+    how the two agree; ("", None) when no point carried a sidecar traversal."""
+    if not len(proxy):
+        return "", None
+    measured = proxy[proxy["trials"] > 0]
+    modes = [m for m in reversed(MODES) if m in set(measured["mode"])]
+    if not modes:
+        return "", None
+    mode = modes[0]
+    mine = measured[measured["mode"] == mode].sort_values(["rps", "connections"])
+    rps, conns = mine.iloc[0]["rps"], mine.iloc[0]["connections"]
+    group = proxy[(proxy["mode"] == mode) & (proxy["rps"] == rps) & (proxy["connections"] == conns)]
+    top = proxycost.overall(group)
+    if top is None:
+        return "", None
+    where = f"{mode} at {rps:g} rps x {conns} connections, the lowest load not saturated"
+    text = proxycost.sentence(group, where, "repetition")
+    at = points[(points["rps"] == rps) & (points["connections"] == conns) & ~points["saturated"]]
+    a, b = at[at["mode"] == "none"].set_index("repetition"), at[at["mode"] == mode].set_index("repetition")
+    if len(a) and len(b):
+        paired = a.index.intersection(b.index)
+        xa, xb = (a.loc[paired], b.loc[paired]) if len(paired) == max(len(a), len(b)) else (a, b)
+        delta = paired_trials(xa["p50"].to_numpy(float), xb["p50"].to_numpy(float))
+        row = pd.Series({"estimate": delta.estimate, "ci_low": delta.ci.low, "ci_high": delta.ci.high})
+        interval = (f" [{delta.ci.low:+.2f}, {delta.ci.high:+.2f}] over {delta.n_trials} repetitions"
+                    if delta.ci.finite else " (no interval: one repetition per point)")  # fmt: skip
+        text += f"; end to end, {mode} vs none adds {delta.estimate:+.2f} ms p50{interval}"
+        agree = proxycost.agreement(group, proxy.iloc[:0], row, "none")
+        text += f"; {agree}" if agree else ""
+    return text, top
 
 
 def _label(mode: str, many_modes: bool, text: str) -> str:

@@ -20,7 +20,7 @@ import math
 import os
 import traceback
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,11 +160,20 @@ class Session:
                 atexit.register(self.close)
         return self._backend
 
-    def mesh(self, mode: str) -> AbstractContextManager[Any]:
-        """A local mesh in sidecar ``mode``: the session's own when the mode matches, else a new one."""
+    def mesh(self, mode: str, fresh: bool = False) -> AbstractContextManager[Any]:
+        """A local mesh in sidecar ``mode``: the session's own when the mode matches, else a new one
+        (without the workbench's telemetry).
+
+        ``fresh``: always a new mesh, without the workbench's own telemetry (Prometheus and the
+        exporters; Envoy's stats and access logs stay), as comparisons between modes need: every
+        arm starts alike, and the workbench does not eat the capacity it measures."""
         backend = self.config.backend
         if backend.type != "local":
             raise BackendError(f"sidecar modes are a local-mesh setting; the backend is {backend.type!r}")
+        if fresh:
+            from workbench.backends.local.mesh import LocalMesh
+
+            return LocalMesh(mode=mode, topology=backend.topology, telemetry=False)  # type: ignore[arg-type]
         current = self._backend
         if current is None and self.mesh_state is not None:  # the runner's shared mesh
             current = self.backend()
@@ -175,7 +184,25 @@ class Session:
         attached = running_mesh(mode) if self.mesh_state is None else None
         if attached is not None:
             return nullcontext(attached)
-        return LocalMesh(mode=mode, topology=backend.topology)  # type: ignore[arg-type]
+        # a mesh started for a sweep needs none of the workbench's telemetry: the sidecars' cost is
+        # measured from their processes, the rest from k6 and the access logs
+        return LocalMesh(mode=mode, topology=backend.topology, telemetry=False)  # type: ignore[arg-type]
+
+    @contextmanager
+    def quiet_others(self) -> Iterator[None]:
+        """Pause the scraping of the local meshes already running (the runner's, ``workbench local
+        up``'s, this session's) while the block measures; see ``LocalMesh.quiet``."""
+        with ExitStack() as stack:
+            if self.config.backend.type == "local":
+                from workbench.backends.local.mesh import running_mesh
+
+                seen: set[Path] = set()
+                shared = running_mesh(state_dir=self.mesh_state) if self.mesh_state else None
+                for mesh in (self._backend, shared, running_mesh()):
+                    if mesh is not None and hasattr(mesh, "quiet") and Path(mesh.run_dir) not in seen:
+                        seen.add(Path(mesh.run_dir))
+                        stack.enter_context(mesh.quiet())
+            yield
 
     def close(self) -> None:
         """Stop the mesh this session started (an attached mesh keeps running)."""

@@ -25,6 +25,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.analysis import localize as loc
+from workbench.analysis.proxycost import FLUSH_S
 from workbench.analysis.topology import ServiceGraph
 from workbench.backends.base import Behaviours
 from workbench.experiments.session import ExperimentResult, Session
@@ -77,7 +78,7 @@ def run(s: Session) -> None:
         if undo is not None:
             mesh.set_behaviour(undo[0], undo[1], **undo[2])
         if tail is not None:
-            time.sleep(1.2)  # Envoy flushes access logs every second
+            time.sleep(FLUSH_S)  # the sidecars flush their access logs this often
             _store_logs(s.store / LOGS, tail.read_raw())
     if phases:
         _store_telemetry(s, mesh, phases[0]["start"], phases[-1]["end"])

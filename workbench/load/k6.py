@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 import pandas as pd
 
+from workbench.load.hostcpu import CpuSampler
 from workbench.load.results import LoadProfile, LoadResult
 from workbench.tools import die_with_parent, find_binary, redact_url, tool_version
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["parse_samples", "render_script", "run_k6"]
 
+LOADGEN_PROCESS = "k6"  # the load generator's name in the CPU sampler
 SEED_ENV = "WORKBENCH_SEED"  # `workbench run --seed` exports it; a profile's own seed wins
 METRIC = "workbench_req"
 START_METRIC = "workbench_scenario_start"  # one Gauge sample per VU and scenario: its start (ms epoch)
@@ -214,6 +216,7 @@ def _run_process(
     on_poll: Callable[[], None] | None,
     poll_interval: float,
     deadline_s: float,
+    on_start: Callable[[int], None] | None = None,
 ) -> int:
     """Run ``cmd`` to completion, calling ``on_poll`` meanwhile; k6 never outlives this call."""
     with log_path.open("wb") as log:
@@ -222,6 +225,8 @@ def _run_process(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             cwd=cwd, env=_k6_env(), start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
+    if on_start is not None:
+        on_start(proc.pid)
     deadline = time.monotonic() + deadline_s
     try:
         while True:
@@ -347,11 +352,16 @@ def run_k6(
     labels: dict[str, Any] | None = None,
     on_poll: Callable[[], None] | None = None,
     poll_interval: float = 0.5,
+    watch: Mapping[str, int] | None = None,
 ) -> LoadResult:
     """Run one load point with the real k6 binary and return its measured samples.
 
     ``on_poll`` is called every ``poll_interval`` seconds while k6 runs (e.g. to check that the mesh
     is still up); whatever it raises stops k6 and propagates. RuntimeError when k6 fails.
+
+    CPU over the measured phase goes in ``meta["host"]`` (``hostcpu.CpuSampler``): the host's
+    utilisation over all cores (``host_cpu_pct``), k6's own (``loadgen_cpu_cores``) and, per name,
+    the cores of every process in ``watch`` (name -> pid; ``process_cores``).
     """
     labels = dict(labels or {})
     k6 = find_binary("k6")
@@ -365,13 +375,15 @@ def run_k6(
     deadline_s = profile.warmup_s + profile.duration_s + profile.timeout_s + DEADLINE_MARGIN_S
 
     launched, code = datetime.now(UTC), EXIT_CANNOT_START_API
-    for _ in range(API_PORT_ATTEMPTS):  # the free port may be taken before k6 binds it
-        samples_path.unlink(missing_ok=True)
-        launched = datetime.now(UTC)
-        cmd = _command(k6, _free_port(), samples_path, script)
-        code = _run_process(cmd, log_path, workdir, on_poll, poll_interval, deadline_s)
-        if code != EXIT_CANNOT_START_API:
-            break
+    with CpuSampler(watch) as sampler:
+        for _ in range(API_PORT_ATTEMPTS):  # the free port may be taken before k6 binds it
+            samples_path.unlink(missing_ok=True)
+            launched = datetime.now(UTC)
+            cmd = _command(k6, _free_port(), samples_path, script)
+            code = _run_process(cmd, log_path, workdir, on_poll, poll_interval, deadline_s,
+                                on_start=lambda pid: sampler.watch(LOADGEN_PROCESS, pid))  # fmt: skip
+            if code != EXIT_CANNOT_START_API:
+                break
     if code not in (0, EXIT_THRESHOLDS_FAILED):
         meaning = EXIT_MEANINGS.get(code, "killed by a signal" if code < 0 else "failed")
         raise RuntimeError(
@@ -384,4 +396,10 @@ def run_k6(
     if start is None:  # no measured iteration started: fall back to launch time + warm-up
         start = launched + timedelta(seconds=profile.warmup_s)
     meta = _meta(profile, target, version, start, samples, dropped, labels)
+    begin = start.timestamp()
+    usage = sampler.usage(begin, begin + profile.duration_s)
+    cores = dict(usage.processes)
+    loadgen = cores.pop(LOADGEN_PROCESS, float("nan"))
+    meta["host"] = {"host_cpu_pct": usage.host_pct, "cores": usage.cores, "seconds": usage.seconds,
+                    "loadgen_cpu_cores": loadgen, "process_cores": cores}  # fmt: skip
     return LoadResult(meta, samples)

@@ -5,10 +5,16 @@ none at all — status 0 (k6, hey) or -1 (fortio's socket error). This is the su
 dashboards, Flagger and Argo Rollouts use (non-5xx = success): a 4xx is the client's doing, and
 denials are what authorization experiments measure, separately. Non-numeric codes in
 ``status_counts`` count as errors except gRPC health ``SERVING`` (fortio grpc runs).
+
+Saturation (``saturation()``): a point measured on a saturated machine measures queueing for CPU,
+not what was meant. A point is *saturated* when the host's CPU over all cores was >= 85 %
+(``meta["host"]["host_cpu_pct"]``, recorded by the local load runs), the achieved rate fell below
+99 % of the requested one, or more than 1 % of the planned iterations were dropped.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +51,13 @@ def empty_samples() -> pd.DataFrame:
     )
 
 
+def error_mask(status: Any) -> np.ndarray:
+    """Per-request error flags for numeric status codes: 5xx or no answer (<= 0). The one
+    definition every summary, window table and comparison uses (see the module docstring)."""
+    codes = np.asarray(status, dtype=float)
+    return (codes <= 0) | (codes >= 500)
+
+
 def is_error_status(code: int | str) -> bool:
     """Whether a status code (int or its string) counts as an error (see module docstring)."""
     text = str(code).strip()
@@ -52,7 +65,7 @@ def is_error_status(code: int | str) -> bool:
         value = int(text)
     except ValueError:
         return text not in OK_STATUS_NAMES
-    return value <= 0 or value >= 500
+    return bool(error_mask(value))
 
 
 def sample_meta(
@@ -87,6 +100,46 @@ def status_error_counts(status_counts: Mapping[str, int | float]) -> tuple[float
 
 def _nan() -> float:
     return float("nan")
+
+
+SATURATED_HOST_CPU_PCT = 85.0  # host CPU over all cores at or above this: saturated
+SATURATED_ACHIEVED_PCT = 99.0  # achieved below this share of the requested rate: saturated
+SATURATED_DROPPED_PCT = 1.0  # more than this share of planned iterations dropped: saturated
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """Whether a load point was saturated, and why (see the module docstring).
+
+    ``host_cpu_pct``: busy share of all cores; ``loadgen_cpu_cores``: the load generator's own
+    CPU (1.0 = one core); ``achieved_pct`` of the requested rate; ``dropped_pct`` of the planned
+    iterations. NaN where the point did not record it (a closed model has no requested rate).
+    """
+
+    saturated: bool
+    reasons: tuple[str, ...]
+    host_cpu_pct: float
+    loadgen_cpu_cores: float
+    achieved_pct: float
+    dropped_pct: float
+
+    def explain(self) -> str:
+        """``saturated: host CPU 91 % >= 85 %; ...`` or ``not saturated (host CPU 40 %, ...)``."""
+        if self.saturated:
+            return "saturated: " + "; ".join(self.reasons)
+        parts = []
+        if math.isfinite(self.host_cpu_pct):
+            parts.append(f"host CPU {self.host_cpu_pct:.0f} %")
+        if math.isfinite(self.achieved_pct):
+            parts.append(f"achieved {self.achieved_pct:.1f} % of the requested rate")
+        if math.isfinite(self.dropped_pct):
+            parts.append(f"{self.dropped_pct:.2g} % dropped")
+        return "not saturated" + (f" ({', '.join(parts)})" if parts else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"saturated": self.saturated, "reasons": list(self.reasons), "host_cpu_pct": self.host_cpu_pct,
+                "loadgen_cpu_cores": self.loadgen_cpu_cores, "achieved_pct": self.achieved_pct,
+                "dropped_pct": self.dropped_pct}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -176,8 +229,7 @@ class LoadResult:
             out[name] = float(np.quantile(lat, q))
         out["max"] = float(lat.max())
         out["mean"] = float(lat.mean())
-        status = self.samples["status"].to_numpy()
-        errors = int(((status < 200) | (status >= 400)).sum())
+        errors = int(error_mask(self.samples["status"].to_numpy()).sum())
         out["error_pct"] = 100.0 * errors / n
         return out
 
@@ -218,6 +270,28 @@ class LoadResult:
         if errors is not None and n:
             return 100.0 * float(errors) / n
         return _nan()
+
+    def saturation(self) -> Saturation:
+        """Was this point saturated (host CPU, achieved vs requested rate, dropped iterations)?"""
+        meta, summary = self.meta, self.summary()
+        host = meta.get("host") or {}
+        cpu = float(host.get("host_cpu_pct", math.nan) if host.get("host_cpu_pct") is not None else math.nan)
+        loadgen = host.get("loadgen_cpu_cores")
+        requested = meta.get("requested_rps") or meta.get("rps")
+        duration = float(meta.get("duration_s") or 0.0)
+        achieved = 100.0 * summary["actual_rps"] / float(requested) if requested else math.nan
+        planned = float(requested or 0.0) * duration
+        dropped = 100.0 * summary["dropped"] / planned if planned else math.nan
+        reasons = []
+        if cpu >= SATURATED_HOST_CPU_PCT:
+            reasons.append(f"host CPU {cpu:.0f} % >= {SATURATED_HOST_CPU_PCT:g} % of all cores")
+        if achieved < SATURATED_ACHIEVED_PCT:
+            reasons.append(f"achieved {achieved:.1f} % of the requested {float(requested):g} rps "
+                           f"(< {SATURATED_ACHIEVED_PCT:g} %)")  # fmt: skip
+        if dropped > SATURATED_DROPPED_PCT:
+            reasons.append(f"{dropped:.1f} % of planned iterations dropped (> {SATURATED_DROPPED_PCT:g} %)")
+        generator = float(loadgen) if loadgen is not None else math.nan
+        return Saturation(bool(reasons), tuple(reasons), cpu, generator, achieved, dropped)
 
     def by_variant(self) -> dict[str, LoadResult]:
         """One LoadResult per answering version (same metadata)."""

@@ -3,8 +3,10 @@
 Order: repetitions are interleaved (A B A B ...): every repetition visits every mode once, so a
 slow drift of the machine spreads over all modes instead of biasing one. Each point is stored as
 soon as it finishes (a crash keeps what was measured; a re-run skips stored points). Per point:
-achieved vs requested rps, dropped requests, latency percentiles, errors, and the proxies' cost
-(CPU cores and RSS of the sidecars, from Prometheus) per 1000 rps, like istio/tools' columns.
+achieved vs requested rps, dropped requests, latency percentiles, errors, the proxies' cost (CPU
+cores and RSS of the sidecars, measured by the mesh) per 1000 rps, like istio/tools' columns, and
+whether the point was saturated (host CPU over all cores, the load generator's own CPU, achieved
+vs requested rate, dropped iterations: ``LoadResult.saturation``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult
-from workbench.metrics.prometheus import Prometheus, PrometheusError
 
 MeshFactory = Callable[[str], AbstractContextManager[Any]]
 
@@ -78,8 +79,15 @@ def run_sweep(
     store: Path,
     progress: bool = True,
     on_point: Callable[[Point, LoadResult], None] | None = None,
+    on_measured: Callable[[Any, Point, LoadResult], None] | None = None,
+    before_point: Callable[[Any, Point], None] | None = None,
 ) -> pd.DataFrame:
-    """Run every point not yet in ``store``; return the table of all stored points."""
+    """Run every point not yet in ``store``; return the table of all stored points.
+
+    ``before_point(mesh, point)`` runs just before each point's load and ``on_measured(mesh,
+    point, result)`` right after it, while its mesh is still up and before the point is stored
+    (e.g. to keep the proxies' access logs of the point); ``on_point(point, result)`` after it is
+    stored."""
     store.mkdir(parents=True, exist_ok=True)
     done = {p.stem for p in store.glob("*.json")}
     todo = [p for p in spec.points() if p.name not in done]
@@ -89,7 +97,11 @@ def run_sweep(
                 for point in points:
                     p = point
                     bar.describe(f"{p.mode} {p.rps:g} rps x {p.connections} conns (rep {p.repetition})")
+                    if before_point is not None:
+                        before_point(mesh, point)
                     result = _measure(mesh, spec, point)
+                    if on_measured is not None:
+                        on_measured(mesh, point, result)
                     storage.save(result, store, point.name)
                     if on_point is not None:
                         on_point(point, result)
@@ -110,40 +122,7 @@ def _measure(mesh: Any, spec: SweepSpec, point: Point) -> LoadResult:
     result.meta.update(
         {"mode": point.mode, "repetition": point.repetition, "point": point.name, "requested_rps": point.rps}
     )
-    result.meta["proxy_cost"] = proxy_cost(mesh.prometheus_url(), result)
     return result
-
-
-def proxy_cost(prometheus_url: str, result: LoadResult) -> dict[str, float]:
-    """Sidecar CPU cores and RSS over the measured phase, and cores per 1000 achieved rps.
-
-    Reads the local mesh's process exporter (``workbench_process_*``). Keys: ``cpu_cores`` and
-    ``rss_mib`` (all sidecars), ``*_client`` (the load generator's sidecar), ``*_server``
-    (the target's inbound sidecars), and ``cpu_mcores_per_1000rps``. Empty when not available.
-    """
-    start, end = pd.Timestamp(result.meta["start"]), pd.Timestamp(result.meta["end"])
-    window = max(2, int((end - start).total_seconds()))
-    at = end.timestamp()
-    prom = Prometheus(prometheus_url, timeout_s=10)
-    service = result.meta.get("service", "")
-    selectors = {
-        "": 'kind="envoy"',
-        "_client": 'kind="envoy",service="loadgen"',
-        "_server": f'kind="envoy",direction="inbound",service="{service}"',
-    }
-    out: dict[str, float] = {}
-    try:
-        for suffix, sel in selectors.items():
-            cpu_q = f"sum(rate(workbench_process_cpu_seconds_total{{{sel}}}[{window}s]))"
-            rss_q = f"sum(avg_over_time(workbench_process_resident_memory_bytes{{{sel}}}[{window}s]))"
-            cores, rss = prom.scalar(cpu_q, at), prom.scalar(rss_q, at)
-            out[f"cpu_cores{suffix}"] = cores
-            out[f"rss_mib{suffix}"] = rss / 2**20
-    except PrometheusError:
-        return {}
-    achieved = result.summary()["actual_rps"]
-    out["cpu_mcores_per_1000rps"] = 1000 * out["cpu_cores"] / (achieved / 1000) if achieved else float("nan")
-    return out
 
 
 def table(store: Path) -> pd.DataFrame:
@@ -154,6 +133,7 @@ def table(store: Path) -> pd.DataFrame:
         meta, summary = result.meta, result.summary()
         requested = meta.get("requested_rps") or meta.get("rps")
         planned = (requested or 0) * float(meta.get("duration_s") or 0)
+        sat = result.saturation()
         row = {
             "mode": meta.get("mode"),
             "rps": requested,
@@ -163,6 +143,10 @@ def table(store: Path) -> pd.DataFrame:
             "achieved_pct": 100 * summary["actual_rps"] / requested if requested else float("nan"),
             "dropped_pct": 100 * summary["dropped"] / planned if planned else 0.0,
             **{k: summary[k] for k in ("p50", "p75", "p90", "p99", "p999", "max", "error_pct")},
+            "host_cpu_pct": sat.host_cpu_pct,
+            "loadgen_cpu_cores": sat.loadgen_cpu_cores,
+            "saturated": sat.saturated,
+            "saturation": sat.explain(),
             **meta.get("proxy_cost", {}),
         }
         rows.append(row)

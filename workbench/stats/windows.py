@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.load.results import LoadResult
+from workbench.load.results import LoadResult, error_mask
 from workbench.metrics.histogram import Histogram
 
 QUANTILE_METRICS = {"p50": 0.50, "p75": 0.75, "p90": 0.90, "p95": 0.95, "p99": 0.99, "p999": 0.999}
@@ -87,8 +87,7 @@ def _from_samples(samples: pd.DataFrame, window_s: float, origin: pd.Timestamp) 
     start = np.datetime64(origin.tz_convert(None) if origin.tzinfo else origin, "ns").view(np.int64)
     width = int(window_s * 1e9)
     lat = np.ascontiguousarray(samples["latency_ms"].to_numpy(dtype=float))
-    status = samples["status"].to_numpy()
-    err = (status <= 0) | (status >= 500)
+    err = error_mask(samples["status"].to_numpy())
     if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):  # not in time order: group the windows first
         order = np.argsort(t, kind="stable")  # timsort: nearly sorted input (k6's) is cheap
         t, lat, err = t[order], lat[order], err[order]

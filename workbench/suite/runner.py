@@ -176,6 +176,20 @@ def tool_versions(cfg: cfgmod.Config) -> dict[str, str]:
     return versions
 
 
+def resolve_run(run_id: str, data_root: str | Path = "data/runs") -> Path:
+    """The directory of run ``run_id`` under ``data_root`` ('latest': the newest run);
+    FileNotFoundError naming what is missing."""
+    data_root = Path(data_root)
+    if run_id == "latest":
+        runs = sorted(p.name for p in data_root.glob("*") if (p / RUN_FILE).exists())
+        if not runs:
+            raise FileNotFoundError(f"no runs in {data_root}")
+        run_id = runs[-1]
+    if not (data_root / run_id).is_dir():
+        raise FileNotFoundError(f"no run {run_id!r} in {data_root}")
+    return data_root / run_id
+
+
 def rerender(run_id: str, reports: str | Path = "reports", data_root: str | Path = "data/runs",
              echo: Echo = print) -> RunOutcome:  # fmt: skip
     """Re-analyse a stored run and re-render its reports without generating load."""
@@ -183,12 +197,8 @@ def rerender(run_id: str, reports: str | Path = "reports", data_root: str | Path
 
     reports = Path(reports).resolve()
     data_root = Path(data_root).resolve()
-    if run_id == "latest":
-        runs = sorted(p.name for p in data_root.glob("*") if (p / RUN_FILE).exists())
-        if not runs:
-            raise FileNotFoundError(f"no runs in {data_root}")
-        run_id = runs[-1]
-    data_dir = data_root / run_id
+    data_dir = resolve_run(run_id, data_root)
+    run_id = data_dir.name
     try:
         run = json.loads((data_dir / RUN_FILE).read_text())
     except FileNotFoundError:

@@ -7,12 +7,21 @@
 Every process (apps, Envoy sidecars, Prometheus, k6) is real and is stopped on exit, on an
 exception, on SIGINT and SIGTERM. ``workbench local up`` starts a detached mesh whose state
 lives in a directory; ``LocalMesh.attach()`` controls it from another process (a notebook).
+
+What only the workbench adds — its Prometheus scraping every process each second, the process
+CPU exporter and the audit exporter — is left out with ``telemetry=False`` (what a real mesh
+keeps stays: Envoy's own stats and its access logs). Comparisons of sidecar modes start their
+meshes that way, and ``quiet()`` pauses a running mesh's scraping while another measures, so the
+workbench does not eat the capacity it measures. Every ``run_load`` records the CPU of each of
+the mesh's processes over the measured phase (``meta["host"]``), the sidecars' cost in
+``meta["proxy_cost"]``, and which process is what in ``meta["processes"]``.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import random
 import shutil
@@ -21,6 +30,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,6 +114,7 @@ class LocalMesh:
         ready_timeout: float = 30.0,
         wait_for_metrics: bool = True,
         audit_log: str | Path | None = None,
+        telemetry: bool = True,
     ):
         self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.mode: Mode = mode
@@ -113,6 +125,8 @@ class LocalMesh:
         self.detached = detached
         self.ready_timeout = ready_timeout
         self.wait_for_metrics = wait_for_metrics  # block start() until Prometheus has scraped all
+        # Prometheus, the process exporter and the audit exporter: the workbench's own observers
+        self.telemetry = telemetry
         self.layout: Layout | None = None
         self.supervisor = Supervisor(self.run_dir / "logs", detached=detached)
         self.traffic: dict[str, ev.TrafficPolicy] = {
@@ -161,14 +175,18 @@ class LocalMesh:
         # Prometheus first: its first scrape comes ~5 s after it starts (its scrape manager applies
         # targets on a 5 s tick), so everything else starts meanwhile.
         targets = self._scrape_targets()
-        prom_dir = self.run_dir / "prometheus"
-        prom_dir.mkdir(parents=True, exist_ok=True)
-        prom.write_config(prom_dir / "prometheus.yml", targets, promtool)
-        prom_proc = self.supervisor.start(
-            "prometheus",
-            prom.argv(prometheus_bin, prom_dir / "prometheus.yml", prom_dir / "data", layout.prometheus_port),
-            labels={"kind": "prometheus"},
-        )
+        prom_proc = None
+        if self.telemetry:
+            prom_dir = self.run_dir / "prometheus"
+            prom_dir.mkdir(parents=True, exist_ok=True)
+            prom.write_config(prom_dir / "prometheus.yml", targets, promtool)
+            prom_proc = self.supervisor.start(
+                "prometheus",
+                prom.argv(
+                    prometheus_bin, prom_dir / "prometheus.yml", prom_dir / "data", layout.prometheus_port
+                ),
+                labels={"kind": "prometheus"},
+            )
         if layout.mtls:
             identities = [*self.topology.services, LOADGEN]
             self.certs = make_certs(self.run_dir / "certs", identities)
@@ -186,18 +204,25 @@ class LocalMesh:
         envoys = [
             (
                 sc,
-                self.supervisor.start(f"envoy {sc.name}", ev.envoy_argv(self._envoy, sc), labels=_labels(sc)),
+                self.supervisor.start(
+                    f"envoy {sc.name}", ev.envoy_argv(self._envoy, sc), env=ev.ENVOY_ENV, labels=_labels(sc)
+                ),
             )
             for sc in layout.sidecars
         ]
         self._record_pids()
-        stats_argv = [py, "-m", "workbench.backends.local.procstats", str(self.run_dir / "pids.json"),
-                      str(layout.procstats_port)]  # fmt: skip
-        stats = self.supervisor.start("procstats", stats_argv, labels={"kind": "procstats"})
-        # the run dir with a trailing separator names this mesh's entries and lets kill_stragglers find it
-        audit_argv = [py, "-m", "workbench.audit.exporter", str(self.audit.path), str(layout.audit_port),
-                      "--backend-context", f"{self.run_dir}{os.sep}"]  # fmt: skip
-        audit = self.supervisor.start("audit exporter", audit_argv, labels={"kind": "audit"})
+        observers: list[tuple[Managed, str]] = []
+        if prom_proc is not None:
+            stats_argv = [py, "-m", "workbench.backends.local.procstats", str(self.run_dir / "pids.json"),
+                          str(layout.procstats_port)]  # fmt: skip
+            stats = self.supervisor.start("procstats", stats_argv, labels={"kind": "procstats"})
+            # the run dir with a trailing separator names this mesh's entries and lets kill_stragglers find it
+            audit_argv = [py, "-m", "workbench.audit.exporter", str(self.audit.path), str(layout.audit_port),
+                          "--backend-context", f"{self.run_dir}{os.sep}"]  # fmt: skip
+            audit = self.supervisor.start("audit exporter", audit_argv, labels={"kind": "audit"})
+            observers = [(stats, f"http://127.0.0.1:{layout.procstats_port}/metrics"),
+                         (audit, f"http://127.0.0.1:{layout.audit_port}/metrics"),
+                         (prom_proc, f"{self.prometheus_url()}/-/ready")]  # fmt: skip
         for proc, app in zip(apps, (a for vs in layout.apps.values() for a in vs.values()), strict=True):
             wait_ready(
                 proc, http_ok(f"http://127.0.0.1:{app.port}/healthz"), self.ready_timeout, self.supervisor
@@ -206,14 +231,9 @@ class LocalMesh:
             wait_ready(
                 proc, http_ok(f"http://127.0.0.1:{sc.admin_port}/ready"), self.ready_timeout, self.supervisor
             )
-        wait_ready(stats, http_ok(f"http://127.0.0.1:{layout.procstats_port}/metrics"), self.ready_timeout,
-                   self.supervisor)  # fmt: skip
-        wait_ready(audit, http_ok(f"http://127.0.0.1:{layout.audit_port}/metrics"), self.ready_timeout,
-                   self.supervisor)  # fmt: skip
-        wait_ready(
-            prom_proc, http_ok(f"{self.prometheus_url()}/-/ready"), self.ready_timeout, self.supervisor
-        )
-        if self.wait_for_metrics:
+        for proc, url in observers:
+            wait_ready(proc, http_ok(url), self.ready_timeout, self.supervisor)
+        if self.wait_for_metrics and self.telemetry:
             self._wait_scraped(len(targets))
         self._record("mesh started", "mesh", None, {"mode": self.mode})
         for service, versions in self.behaviours.items():  # the releases this mesh runs
@@ -367,7 +387,25 @@ class LocalMesh:
 
     def prometheus_url(self) -> str:
         assert self.layout is not None, "mesh not started"
+        if not self.telemetry:
+            raise BackendError("this local mesh runs without the workbench's Prometheus (telemetry=False)")
         return f"http://127.0.0.1:{self.layout.prometheus_port}"
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Pause this mesh's Prometheus scraping for the block (the exporters then sit idle), so
+        a measurement elsewhere on the machine does not pay for it; scraping resumes after, also
+        on error. A mesh without telemetry has nothing to pause."""
+        if not self.telemetry or self.layout is None:
+            yield
+            return
+        config = self.run_dir / "prometheus" / "prometheus.yml"
+        original = config.read_text()
+        try:
+            prom.pause(config, self.prometheus_url())
+            yield
+        finally:
+            prom.resume(config, original, self.prometheus_url())
 
     def load_target(self, service: str) -> LoadTarget:
         """Where load for ``service`` enters: the loadgen sidecar, or the service directly."""
@@ -402,11 +440,42 @@ class LocalMesh:
         self.check()
         work = workdir or Path(tempfile.mkdtemp(prefix="k6-", dir=self.run_dir))
         labels = {"mode": self.mode, "service": service, "backend": "local"}
-        result = run_k6(profile, self.load_target(service), work, labels=labels, on_poll=self.check)
+        watch = {p.name: p.pid for p in self.supervisor.procs}
+        result = run_k6(
+            profile, self.load_target(service), work, labels=labels, on_poll=self.check, watch=watch
+        )
         self.check()
+        result.meta["processes"] = {p.name: dict(p.labels) for p in self.supervisor.procs}
+        rss = {p.name: _rss_mib(p.pid) for p in self.supervisor.procs if p.labels.get("kind") == "envoy"}
+        result.meta["process_rss_mib"] = rss
+        result.meta["proxy_cost"] = self._proxy_cost(result, service, rss)
         if workdir is None:  # the samples live on in the result; the raw CSV would only pile up
             shutil.rmtree(work, ignore_errors=True)
         return result
+
+    def _proxy_cost(self, result: LoadResult, service: str, rss: dict[str, float]) -> dict[str, float]:
+        """The sidecars' CPU over the measured phase and RSS after it (istio/tools' columns):
+        ``cpu_cores``/``rss_mib`` of all sidecars, ``*_client`` of the load generator's sidecar,
+        ``*_server`` of ``service``'s inbound sidecars, and ``cpu_mcores_per_1000rps``. Measured
+        directly (psutil), so it needs none of the workbench's telemetry."""
+        cores = (result.meta.get("host") or {}).get("process_cores") or {}
+        groups: dict[str, list[Managed]] = {"": [], "_client": [], "_server": []}
+        for p in self.supervisor.procs:
+            if p.labels.get("kind") != "envoy":
+                continue
+            groups[""].append(p)
+            if p.labels.get("service") == LOADGEN:
+                groups["_client"].append(p)
+            elif p.labels.get("service") == service and p.labels.get("direction") == "inbound":
+                groups["_server"].append(p)
+        out: dict[str, float] = {}
+        for suffix, procs in groups.items():
+            found = [p for p in procs if p.name in cores]
+            out[f"cpu_cores{suffix}"] = sum(cores[p.name] for p in found) if found else math.nan
+            out[f"rss_mib{suffix}"] = sum(rss.get(p.name, math.nan) for p in found) if found else math.nan
+        achieved = result.summary()["actual_rps"]
+        out["cpu_mcores_per_1000rps"] = 1000 * out["cpu_cores"] / (achieved / 1000) if achieved else math.nan
+        return out
 
     # -----------------------------------------------------------------------------------------
     # Extras of the local mesh
@@ -463,7 +532,8 @@ class LocalMesh:
             "policies": {s: p.model_dump() for s, p in self.policies.items()},
             "processes": [p.to_state() for p in self.supervisor.procs],
             "started": datetime.now(UTC).isoformat(),
-            "prometheus_url": self.prometheus_url(),
+            "prometheus_url": self.prometheus_url() if self.telemetry else None,
+            "telemetry": self.telemetry,
             "audit_log": str(self.audit.path),
         }
         tmp = path.with_suffix(".tmp")
@@ -483,7 +553,7 @@ class LocalMesh:
             ) from None
         layout = Layout.from_state(state["layout"])
         mesh = cls(mode=layout.mode, topology=Topology(**state["topology"]), run_dir=run_dir, detached=True,
-                   audit_log=state.get("audit_log"))  # fmt: skip
+                   audit_log=state.get("audit_log"), telemetry=state.get("telemetry", True))  # fmt: skip
         mesh.layout = layout
         for proc in state["processes"]:
             mesh.supervisor.adopt(proc)
@@ -679,6 +749,13 @@ class LocalMesh:
             self.save_state()
         if action in ACTIONS:  # "mesh started" is not a change to traffic: the release entries say it
             self.audit.record(action, target, before, after)
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.Error:
+        return math.nan
 
 
 def _labels(sc: ev.Sidecar) -> dict[str, str]:

@@ -154,8 +154,9 @@ class Supervisor:
     def adopt(self, state: dict[str, Any]) -> Managed:
         """Track a process started by another workbench process (``workbench local up``)."""
         managed = Managed(
-            state["name"], None, int(state["pid"]), Path(state["log"]), float(state["create_time"])
-        )
+            state["name"], None, int(state["pid"]), Path(state["log"]), float(state["create_time"]),
+            dict(state.get("labels") or {}),
+        )  # fmt: skip
         self.procs.append(managed)
         return managed
 

@@ -1,12 +1,15 @@
-"""The local mesh's own Prometheus: config rendering (checked by promtool) and readiness."""
+"""The local mesh's own Prometheus: config rendering (checked by promtool), readiness, and pausing
+its scraping while a measurement runs (``pause``/``resume``: the lifecycle API's ``/-/reload``)."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 
 
@@ -65,3 +68,24 @@ def argv(prometheus: Path, config: Path, data_dir: Path, port: int) -> list[str]
         "--web.enable-lifecycle",
         "--log.level=warn",
     ]
+
+
+def _reload(config: Path, text: str, url: str) -> None:
+    """Write ``text`` over ``config`` (atomically) and have Prometheus reload it."""
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(config)
+    requests.post(f"{url}/-/reload", timeout=10).raise_for_status()
+
+
+def pause(config: Path, url: str) -> None:
+    """Stop scraping: reload ``config`` with its scrape jobs removed (the rest unchanged)."""
+    quiet = yaml.safe_load(config.read_text())
+    quiet["scrape_configs"] = []
+    _reload(config, yaml.safe_dump(quiet, sort_keys=False), url)
+    time.sleep(0.1)  # a scrape already under way finishes
+
+
+def resume(config: Path, original: str, url: str) -> None:
+    """Scrape again: reload the ``original`` config text."""
+    _reload(config, original, url)

@@ -5,8 +5,13 @@ SMP (CNCF, ``protos/service_mesh_performance.proto``) describes a test by three 
 (``latencies_ms`` min/average/p50/p90/p99/max, ``actual_QPS``, start/end) and
 ``ServiceMeshConfig`` (sidecar count and cost, mTLS, proxy concurrency and build). Field names
 are the proto's own, which proto3 JSON parsers accept. What SMP has no field for — p75, p99.9,
-the sample count, error rate, the workbench's confidence intervals — goes in the clearly named
-extension ``x_mesh_workbench``, so nothing measured is lost and nothing is misfiled.
+the sample count, error rate, the workbench's confidence intervals, whether the point was
+saturated — goes in the clearly named extension ``x_mesh_workbench``, so nothing measured is lost
+and nothing is misfiled. A figure a point does not have (a sidecar's CPU in mode ``none``, a
+latency of an empty run) is written as JSON ``null``, never as NaN or a made-up 0.
+
+``export_run(run_dir, out_dir)`` writes one document per stored load point of a run
+(``workbench export smp RUN_ID``); ``read_smp`` reads one back.
 """
 
 from __future__ import annotations
@@ -74,9 +79,9 @@ def to_smp(result: LoadResult, extra: dict[str, Any] | None = None) -> dict[str,
     }
     if cost:
         mesh["sidecar"] = {
-            "cpu_mCores": round(1000 * cost.get("cpu_cores", 0.0)),
-            "mem_mb": round(cost.get("rss_mib", 0.0) * 1.048576),
-            "rps": round(s["actual_rps"]),
+            "cpu_mCores": _int(1000 * float(cost.get("cpu_cores", math.nan))),
+            "mem_mb": _int(float(cost.get("rss_mib", math.nan)) * 1.048576),
+            "rps": _int(s["actual_rps"]),
         }
     ext = {
         "p75_ms": _num(s["p75"]),
@@ -86,26 +91,78 @@ def to_smp(result: LoadResult, extra: dict[str, Any] | None = None) -> dict[str,
         "dropped": int(s.get("dropped", 0) or 0),
         "model": meta.get("model"),
         "proxy_cost": cost,
+        "saturation": result.saturation().to_dict(),
         **(extra or {}),
     }
-    return {
+    return _nulls({
         "performance_test_config": config,
         "performance_test_result": test_result,
         "service_mesh_config": mesh,
         EXTENSION: ext,
-    }
+    })  # fmt: skip
 
 
 def write_smp(result: LoadResult, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``to_smp(result)`` as JSON (NaN written as null, which JSON has)."""
+    """Write ``to_smp(result)`` as JSON (a missing figure is null, which JSON has; never NaN)."""
     path = Path(path)
     path.write_text(json.dumps(to_smp(result, extra), indent=2, allow_nan=False, default=str))
     return path
 
 
+def read_smp(path: str | Path) -> dict[str, Any]:
+    """An SMP document written by ``write_smp``; ValueError naming the file if it is not one."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a JSON document ({exc})") from None
+    missing = [
+        k
+        for k in ("performance_test_config", "performance_test_result", "service_mesh_config")
+        if k not in doc
+    ]
+    if missing:
+        raise ValueError(f"{path}: not an SMP document (missing {', '.join(missing)})")
+    return doc
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """One SMP document per stored load point of a run (every experiment's directory, its
+    ``points/`` included): ``<out_dir>/<experiment>/<point>.smp.json``. Returns the files."""
+    from workbench.load import storage
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    written = []
+    for experiment in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.resolve() != out_dir.resolve()):
+        for directory in sorted({experiment, *(d for d in experiment.rglob("*") if d.is_dir())}):
+            for path in storage.list_results(directory):
+                target = (
+                    out_dir / experiment.name / f"{path.relative_to(experiment).with_suffix('')}.smp.json"
+                )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                written.append(write_smp(storage.load(path), target))
+    return written
+
+
 def _num(value: Any) -> float | None:
     v = float(value)
     return None if math.isnan(v) else v
+
+
+def _int(value: Any) -> int | None:
+    v = float(value)
+    return None if not math.isfinite(v) else round(v)
+
+
+def _nulls(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON null), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulls(v) for v in value]
+    return value
 
 
 def _sample_min(result: LoadResult) -> float:

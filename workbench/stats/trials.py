@@ -1,0 +1,166 @@
+"""Trials as replicates: intervals from between-trial variation, for arms that cannot run at once.
+
+Sidecar modes (or meshes) cannot serve the same requests at the same time, so a comparison runs
+them as interleaved repeated trials (A B, B A, A B ...), each on a fresh mesh. What differs
+between two runs of the same comparison is mostly *run-to-run* variation: a fresh mesh's
+placement on the cores, the machine's background, warm caches. Windows cut from one trial share
+all of that, so pooling windows from every trial and treating them as replicates gives an
+interval that hardly contains run-to-run variation at all (three fresh runs whose intervals
+exclude each other's estimates). Here the trial is the unit (windows stay nested inside it):
+
+1. Each trial gives one estimate per arm (its p50 over all its requests, say).
+2. Trials of the two arms that ran back to back (trial i of A and trial i of B) are paired, so
+   slow drift of the machine cancels: the difference d_i = b_i - a_i per trial.
+3. The estimate is mean(d) and its interval Student's t with n_trials - 1 degrees of freedom;
+   with unequal trial counts (a trial lost), Welch's t over the per-trial estimates instead.
+4. The verdict is read against the practical margin as everywhere in ``workbench.stats``:
+   ``worse`` when the whole interval lies beyond +margin, ``better`` beyond -margin,
+   ``equivalent`` inside +-margin, else ``inconclusive``. One trial per arm has no between-trial
+   variation to estimate: the verdict is ``no interval`` and the note says "no interval (one
+   trial per mode)" -- never an interval that pretends.
+
+``one_sample`` is the same idea for a single arm (e.g. the proxy's own time per traversal, one
+p50 per trial): mean over trials with a t interval.
+
+Results are objects in the scipy.stats manner: ``estimate``, ``ci`` (a ``ConfidenceInterval``),
+``pvalue``, ``df``, ``verdict`` and ``confidence_interval(level)`` for another level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats as sps
+
+from workbench.stats.interval import ConfidenceInterval
+
+__all__ = ["NO_INTERVAL", "TrialResult", "one_sample", "paired_trials"]
+
+NO_INTERVAL = "no interval"
+ONE_TRIAL_NOTE = "no interval (one trial per mode)"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """A difference (or a level) estimated from per-trial values, with its t interval."""
+
+    estimate: float
+    ci: ConfidenceInterval
+    pvalue: float  # two-sided, H0: no difference (one_sample: H0: mean 0)
+    df: float
+    verdict: str  # worse | better | equivalent | inconclusive | no interval
+    method: str
+    n_trials: int
+    baseline: float  # mean of the baseline's per-trial values (NaN for one_sample)
+    candidate: float  # mean of the candidate's per-trial values (one_sample: the mean)
+    margin: float
+    confidence: float
+    per_trial: tuple[float, ...] = field(default=())  # the per-trial differences (or values)
+    se: float = math.nan
+    note: str = ""
+
+    def confidence_interval(self, confidence_level: float | None = None) -> ConfidenceInterval:
+        """The interval at ``confidence_level`` (default: the level it was computed at)."""
+        level = self.confidence if confidence_level is None else confidence_level
+        if not (math.isfinite(self.se) and self.df > 0):
+            return ConfidenceInterval.none()
+        if self.se == 0:
+            return ConfidenceInterval(self.estimate, self.estimate)
+        t = float(sps.t.ppf(0.5 + level / 2, self.df))
+        return ConfidenceInterval(self.estimate - t * self.se, self.estimate + t * self.se)
+
+    def explain(self, unit: str = "ms", what: str = "") -> str:
+        """One sentence: the estimate, its interval over trials, and the verdict."""
+        name = f"{what} " if what else ""
+        if not self.ci.finite:
+            return f"{name}{self.estimate:+.3g} {unit}: {self.note or NO_INTERVAL}"
+        lo, hi = self.ci
+        return (f"{name}{self.estimate:+.3g} {unit} [{lo:+.3g}, {hi:+.3g}] over {self.n_trials} trials "
+                f"(margin ±{self.margin:.3g} {unit}): {self.verdict}")  # fmt: skip
+
+
+def _verdict(ci: ConfidenceInterval, margin: float) -> str:
+    if not ci.finite:
+        return NO_INTERVAL
+    if ci.low > margin:
+        return "worse"
+    if ci.high < -margin:
+        return "better"
+    if -margin < ci.low and ci.high < margin:
+        return "equivalent"
+    return "inconclusive"
+
+
+def _values(x: Sequence[float]) -> np.ndarray:
+    arr = np.asarray(list(x), dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def _result(
+    est: float, se: float, df: float, n: int, confidence: float, margin: float, method: str,
+    base: float, cand: float, per_trial: np.ndarray, note: str = "",
+) -> TrialResult:  # fmt: skip
+    if n < 2 or not math.isfinite(se):
+        return TrialResult(est, ConfidenceInterval.none(), math.nan, 0.0, NO_INTERVAL, method, n, base, cand,
+                           margin, confidence, tuple(per_trial), math.nan,
+                           note or ONE_TRIAL_NOTE)  # fmt: skip
+    if se == 0:
+        ci, p = ConfidenceInterval(est, est), (0.0 if est else 1.0)
+    else:
+        t = float(sps.t.ppf(0.5 + confidence / 2, df))
+        ci = ConfidenceInterval(est - t * se, est + t * se)
+        p = float(2 * sps.t.sf(abs(est) / se, df))
+    return TrialResult(est, ci, p, df, _verdict(ci, margin), method, n, base, cand, margin, confidence,
+                       tuple(per_trial), se, note)  # fmt: skip
+
+
+def paired_trials(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    *,
+    margin: float = 0.0,
+    confidence: float = 0.95,
+) -> TrialResult:
+    """Candidate minus baseline from one value per trial and arm; see the module docstring.
+
+    ``baseline[i]`` and ``candidate[i]`` are trial i of each arm (run back to back). Equal
+    lengths: paired t with n - 1 df over the per-trial differences; unequal: Welch over the
+    per-trial values. Fewer than two trials on either side: verdict ``no interval``.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1 (got {confidence})")
+    a, b = _values(baseline), _values(candidate)
+    if not len(a) or not len(b):
+        raise ValueError(f"need at least one trial per arm (got {len(a)} baseline, {len(b)} candidate)")
+    base, cand = float(a.mean()), float(b.mean())
+    if len(a) == len(b):
+        d = b - a
+        n = len(d)
+        se = float(d.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+        method = f"paired t over {n} interleaved trials ({n - 1} df)" if n >= 2 else "one trial per arm"
+        return _result(float(d.mean()), se, n - 1, n, confidence, margin, method, base, cand, d)
+    n = min(len(a), len(b))
+    if n < 2:
+        return _result(cand - base, math.nan, 0, n, confidence, margin, "one trial per arm", base, cand,
+                       np.array([]))  # fmt: skip
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else n - 1
+    method = f"Welch t over per-trial values ({len(a)}+{len(b)} trials)"
+    return _result(cand - base, se, float(df), n, confidence, margin, method, base, cand, np.array([]))
+
+
+def one_sample(values: Sequence[float], *, confidence: float = 0.95, margin: float = 0.0) -> TrialResult:
+    """The mean of one value per trial with a t interval over trials (n - 1 df)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1 (got {confidence})")
+    x = _values(values)
+    if not len(x):
+        raise ValueError("need at least one trial")
+    n = len(x)
+    se = float(x.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+    method = f"mean over {n} trials, t interval ({n - 1} df)" if n >= 2 else "one trial"
+    return _result(float(x.mean()), se, n - 1, n, confidence, margin, method, math.nan, float(x.mean()), x)
