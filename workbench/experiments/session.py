@@ -175,7 +175,7 @@ class Session:
         attached = running_mesh(mode) if self.mesh_state is None else None
         if attached is not None:
             return nullcontext(attached)
-        return LocalMesh(mode=mode, topology=backend.topology)  # type: ignore[arg-type]
+        return LocalMesh(**{**backend.mesh_options(), "mode": mode})  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Stop the mesh this session started (an attached mesh keeps running)."""

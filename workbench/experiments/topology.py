@@ -9,7 +9,10 @@ views (JSON), and the phase times. A change is undone in a ``finally``.
 ``analyse`` is pure over those files: the graph (from the access logs, else from telemetry; on a
 cluster completed by its objects), the per-edge table, and — unless ``localize: false`` —
 ``workbench.analysis.localize`` ranks the services by the change of their self-time and originated errors
-between the halves, names the culprit and marks it on the graph.
+between the halves, names the culprit and marks it on the graph. When the local mesh traces
+(``backend.tracing``), the run's spans are stored too (``spans.parquet``) and localization uses
+them (exact parent/child links); otherwise the access logs, otherwise telemetry — the headline
+and ``figures["localization_evidence"]`` say which.
 """
 
 from __future__ import annotations
@@ -26,14 +29,18 @@ import plotly.graph_objects as go
 
 from workbench.analysis import localize as loc
 from workbench.analysis.topology import ServiceGraph
+from workbench.analysis.traces import traces_between
 from workbench.backends.base import Behaviours
 from workbench.experiments.session import ExperimentResult, Session
 from workbench.load.results import LoadProfile
 from workbench.metrics import dialects
 from workbench.metrics.histogram import Histogram
 from workbench.report.plots import COLOURS, styled
+from workbench.traces import critical
+from workbench.traces import spans as sp
 
 LOGS = "access_logs"
+SPANS = "spans.parquet"
 PROM_WINDOW_S = 5  # Envoy flushes its histograms to /stats every 5 s (counters: live)
 
 
@@ -56,6 +63,9 @@ def run(s: Session) -> None:
         }
         s.save_json("sidecars.json", sidecars)
         tail = loc.AccessLogTail(Path(mesh.run_dir) / "envoy", sidecars).skip()
+    spans_tail = (
+        sp.SpanTail(mesh.traces_dir).skip() if local and getattr(mesh, "sampling", None) is not None else None
+    )
     phases: list[dict[str, Any]] = []
     undo: tuple[str, str, dict[str, Any]] | None = None
     try:
@@ -77,8 +87,10 @@ def run(s: Session) -> None:
         if undo is not None:
             mesh.set_behaviour(undo[0], undo[1], **undo[2])
         if tail is not None:
-            time.sleep(1.2)  # Envoy flushes access logs every second
+            time.sleep(2.5 if spans_tail is not None else 1.2)  # logs flush every second; spans ~2 s
             _store_logs(s.store / LOGS, tail.read_raw())
+        if spans_tail is not None:
+            sp.write(spans_tail.read(), s.store / SPANS)
     if phases:
         _store_telemetry(s, mesh, phases[0]["start"], phases[-1]["end"])
 
@@ -243,12 +255,13 @@ def analyse(s: Session) -> ExperimentResult:
             tables["ranking"] = result.to_frame()
             figures["culprit"] = result.culprit
             figures["ranking"] = result.top(len(result.ranking))
+            figures["localization_evidence"] = result.evidence
             if result.culprit:
                 graph.mark(result.culprit, result.explanation)
                 verdict, severity = "culprit found", "worse"
             else:
                 verdict = "no change"
-            headline += ". " + result.explanation
+            headline += f". Localized from {result.evidence}: " + result.explanation
             checks = [
                 {
                     "name": f"self:{c.service}",
@@ -272,8 +285,15 @@ def _localize(
     telemetry: dict[str, pd.DataFrame],
     prom: dict[str, Any],
 ) -> loc.Localization | None:
+    """Traces when stored (exact parent/child), else access logs, else per-window telemetry."""
     (b0, b1), (c0, c1) = ((p["start"], p["end"]) for p in phases)
     window = _window_s(s, min(b1 - b0, c1 - c0))
+    if (s.store / SPANS).exists():
+        table = sp.read(s.store / SPANS)
+        cp = critical.analyse(table)
+        halves = [traces_between(table, cp, lo, hi) for lo, hi in ((b0, b1), (c0, c1))]
+        if all(h.num_rows for h in halves):
+            return loc.localize_spans(*halves, window=window, margin=s.margin, alpha=s.spec.alpha)
     if logs is not None and len(logs):
         a = logs[(logs["start"] >= b0) & (logs["start"] <= b1)]
         b = logs[(logs["start"] >= c0) & (logs["start"] <= c1)]

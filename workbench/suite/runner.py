@@ -345,7 +345,7 @@ def _shared_mesh(
         yield attached.run_dir
         return
     echo(f"starting the local mesh (mode {cfg.backend.mode}) ...")
-    with LocalMesh(mode=cfg.backend.mode, topology=cfg.backend.topology) as mesh:
+    with LocalMesh(**cfg.backend.mesh_options()) as mesh:
         mesh.save_state()
         yield mesh.run_dir
 

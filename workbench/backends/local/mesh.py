@@ -103,6 +103,8 @@ class LocalMesh:
         ready_timeout: float = 30.0,
         wait_for_metrics: bool = True,
         audit_log: str | Path | None = None,
+        tracing: float | None = None,
+        tracer: str = "opentelemetry",
     ):
         self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.mode: Mode = mode
@@ -113,6 +115,12 @@ class LocalMesh:
         self.detached = detached
         self.ready_timeout = ready_timeout
         self.wait_for_metrics = wait_for_metrics  # block start() until Prometheus has scraped all
+        # Tracing: percent of requests sampled (None: off; the apps still propagate trace context)
+        if tracing is not None and not 0 <= tracing <= 100:
+            raise BackendError(f"tracing sampling must be a percentage 0-100 (got {tracing})")
+        if tracer not in ("opentelemetry", "zipkin"):
+            raise BackendError(f"tracer must be opentelemetry or zipkin (got {tracer!r})")
+        self.sampling, self.tracer = tracing, tracer
         self.layout: Layout | None = None
         self.supervisor = Supervisor(self.run_dir / "logs", detached=detached)
         self.traffic: dict[str, ev.TrafficPolicy] = {
@@ -174,6 +182,7 @@ class LocalMesh:
             self.certs = make_certs(self.run_dir / "certs", identities)
         self._write_all_envoy_files()
         py = sys.executable
+        receiver = self._start_receiver() if self.sampling is not None else None
         apps: list[Managed] = []
         for service, versions in layout.apps.items():
             for version, app in versions.items():
@@ -210,6 +219,9 @@ class LocalMesh:
                    self.supervisor)  # fmt: skip
         wait_ready(audit, http_ok(f"http://127.0.0.1:{layout.audit_port}/metrics"), self.ready_timeout,
                    self.supervisor)  # fmt: skip
+        if receiver is not None:
+            ready = http_ok(f"http://127.0.0.1:{layout.traces_port}/healthz")
+            wait_ready(receiver, ready, self.ready_timeout, self.supervisor)
         wait_ready(
             prom_proc, http_ok(f"{self.prometheus_url()}/-/ready"), self.ready_timeout, self.supervisor
         )
@@ -365,6 +377,61 @@ class LocalMesh:
         self._record("resilience", service, before, after)
         return writes
 
+    # -----------------------------------------------------------------------------------------
+    # Tracing
+
+    @property
+    def traces_dir(self) -> Path:
+        """Where the span receiver writes its part files (``part-*.parquet``) and ``receiver.json``."""
+        return self.run_dir / "traces"
+
+    def sidecar_map(self) -> dict[str, dict[str, str]]:
+        """Sidecar name -> service, version, direction (resolves Envoy's ``node_id`` span tag)."""
+        return {
+            sc.name: {"service": sc.service, "version": sc.version, "direction": sc.direction}
+            for sc in self._layout().sidecars
+        }
+
+    def trace_stats(self) -> dict[str, Any]:
+        """The receiver's counters: spans received, dropped (queue full), invalid, written."""
+        if self.sampling is None:
+            raise BackendError("tracing is off on this mesh: start it with tracing=<percent sampled>")
+        port = self._layout().traces_port
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/stats", timeout=2).json()
+        except requests.RequestException as exc:
+            raise BackendError(f"the span receiver on port {port} does not answer: {exc}") from None
+
+    def set_sampling(self, percent: float) -> None:
+        """Sample ``percent`` of new requests from now on: every sidecar's ``tracing.random_sampling``
+        runtime value (admin ``/runtime_modify``) and the apps' own root decisions (mode ``none``)."""
+        if self.sampling is None:
+            raise BackendError("tracing is off on this mesh: start it with tracing=<percent sampled>")
+        if not 0 <= percent <= 100:
+            raise BackendError(f"sampling must be a percentage 0-100 (got {percent})")
+        layout = self._layout()
+        for sc in layout.sidecars:
+            url = f"http://127.0.0.1:{sc.admin_port}/runtime_modify"
+            resp = requests.post(url, params={"tracing.random_sampling": f"{percent:g}"}, timeout=5)
+            if resp.status_code != 200:
+                raise BackendError(f"{sc.name} refused the sampling change: {resp.text.strip()}")
+        for versions in layout.apps.values():
+            for app in versions.values():
+                requests.put(
+                    f"http://127.0.0.1:{app.port}/admin/sampling", json={"sampling": percent}, timeout=5
+                )
+        before, self.sampling = self.sampling, percent
+        self._record("tracing", "mesh", {"sampling": before}, {"sampling": percent})
+
+    def _start_receiver(self) -> Managed:
+        directory = self.traces_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "sidecars.json").write_text(json.dumps(self.sidecar_map()))
+        port = str(self._layout().traces_port)
+        argv = [sys.executable, "-m", "workbench.traces.receiver", str(directory), port,
+                "--sidecars", str(directory / "sidecars.json")]  # fmt: skip
+        return self.supervisor.start("span receiver", argv, labels={"kind": "traces"})
+
     def prometheus_url(self) -> str:
         assert self.layout is not None, "mesh not started"
         return f"http://127.0.0.1:{self.layout.prometheus_port}"
@@ -465,6 +532,7 @@ class LocalMesh:
             "started": datetime.now(UTC).isoformat(),
             "prometheus_url": self.prometheus_url(),
             "audit_log": str(self.audit.path),
+            "tracing": {"sampling": self.sampling, "tracer": self.tracer},
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -482,8 +550,10 @@ class LocalMesh:
                 f"no local mesh state in {run_dir}: start one with 'workbench local up'"
             ) from None
         layout = Layout.from_state(state["layout"])
+        tracing = state.get("tracing") or {}
         mesh = cls(mode=layout.mode, topology=Topology(**state["topology"]), run_dir=run_dir, detached=True,
-                   audit_log=state.get("audit_log"))  # fmt: skip
+                   audit_log=state.get("audit_log"), tracing=tracing.get("sampling"),
+                   tracer=tracing.get("tracer", "opentelemetry"))  # fmt: skip
         mesh.layout = layout
         for proc in state["processes"]:
             mesh.supervisor.adopt(proc)
@@ -529,7 +599,11 @@ class LocalMesh:
         return f"{service}-{next(iter(versions.versions))}"
 
     def _view(self) -> ev.MeshView:
-        return ev.MeshView(self._layout().inbound_ports(), self.traffic, self.policies, self.certs)
+        layout = self._layout()
+        tracing = None
+        if self.sampling is not None:
+            tracing = ev.Tracing(layout.traces_port, self.sampling, self.tracer)
+        return ev.MeshView(layout.inbound_ports(), self.traffic, self.policies, self.certs, tracing)
 
     def _write_all_envoy_files(self) -> None:
         view = self._view()
@@ -597,13 +671,17 @@ class LocalMesh:
             else:
                 urls = [f"http://127.0.0.1:{a.port}" for a in layout.apps[callee].values()]
             downstreams[callee] = {"urls": urls, "host": callee}
-        return {
+        spec = {
             "service": service,
             "version": version,
             "port": layout.apps[service][version].port,
             "behaviour": self.behaviours[service][version].model_dump(),
             "downstreams": downstreams,
         }
+        if self.sampling is not None:
+            url = f"http://127.0.0.1:{layout.traces_port}/v1/traces"
+            spec["tracing"] = {"url": url, "sampling": self.sampling}
+        return spec
 
     def _scrape_targets(self) -> list[prom.ScrapeTarget]:
         layout = self._layout()
