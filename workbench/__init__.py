@@ -10,7 +10,8 @@ import graph and fails on a cycle or an upward import)::
          ▼                      ▼                                     ▼
     backends/  ───────►  metrics/ (Prometheus, dialects)  ──►  stats/  ──►  analysis/
     local mesh |          load/ (k6, result files, sweeps)      compare,     topology,
-    kubernetes                                                  sequential   localization
+    kubernetes            traces/ (spans: receiver, readers,    sequential   localization,
+                                   critical path, export)                    request flows
          │ every change                                                    │
          ▼                                                                 ▼
       audit/  (hash-chained log + exporter)        suite/ (runner, kernel) ─► report/ (HTML, CI)
