@@ -378,3 +378,55 @@ def test_ids_decode_exactly_from_arrow_buffers() -> None:
     sliced = pa.array(ids).slice(10, 5)
     assert critical._ids64(sliced)[0].tolist() == [int(x, 16) for x in ids[10:15]]
     assert np.all(critical._ids64(pa.array(["abc", "12"]))[0] == [0xABC, 0x12])  # not normalised: still exact
+
+
+@pytest.mark.parametrize("tracer", ["opentelemetry", "zipkin"])
+def test_every_sidecar_gets_envoys_tracer_and_envoy_accepts_it(tmp_path, tracer: str) -> None:
+    from workbench.backends.local import envoy as ev
+    from workbench.backends.local.layout import plan
+    from workbench.backends.local.mesh import _envoy_binary
+    from workbench.backends.local.topology import load_topology
+
+    topo = load_topology()
+    layout = plan(topo, "both", tmp_path)
+    for sc in layout.sidecars:
+        sc.directory.mkdir(parents=True, exist_ok=True)
+    traffic = {n: ev.TrafficPolicy(split={v: 100 if i == 0 else 0 for i, v in enumerate(s.versions)})
+               for n, s in topo.services.items()}  # fmt: skip
+    view = ev.MeshView(layout.inbound_ports(), traffic, {}, None, ev.Tracing(layout.traces_port, 25, tracer))
+    chosen = [layout.inbound["catalog"]["v1"], layout.outbound["catalog-v1"]]
+    configs = {sc.name: ev.rendered(sc, view) for sc in chosen}
+    ev.validate(_envoy_binary(), configs, tmp_path / "validate")  # EnvoyConfigError if Envoy refuses it
+    for sc in chosen:
+        boot = configs[sc.name]["bootstrap"]
+        listener = boot["static_resources"]["listeners"][0]
+        assert listener["traffic_direction"] == sc.direction.upper()  # server or client spans
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        assert hcm["tracing"]["random_sampling"] == {"value": 25}
+        assert hcm["tracing"]["provider"]["name"] == f"envoy.tracers.{tracer}"
+        cluster = next(c for c in boot["static_resources"]["clusters"] if c["name"] == ev.TRACES_CLUSTER)
+        port = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        assert port["socket_address"] == {"address": "127.0.0.1", "port_value": layout.traces_port}
+        layer = boot["layered_runtime"]["layers"][0]["static_layer"]
+        assert layer[f"tracing.{tracer}.flush_interval_ms"] == 1000
+    # without tracing nothing of it is rendered
+    plain = ev.rendered(chosen[0], ev.MeshView(layout.inbound_ports(), traffic, {}, None))["bootstrap"]
+    assert "layered_runtime" not in plain and "tracing" not in json.dumps(plain)
+
+
+def test_apps_read_and_write_w3c_and_b3_context() -> None:
+    from workbench.backends.local.app import incoming_context, outgoing_headers
+
+    tid, sid = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    assert incoming_context({"traceparent": f"00-{tid}-{sid}-01"}).sampled
+    assert not incoming_context({"traceparent": f"00-{tid}-{sid}-00"}).sampled
+    b3 = incoming_context({"x-b3-traceid": "a3ce929d0e0e4736", "x-b3-spanid": sid, "x-b3-sampled": "1"})
+    assert b3.trace_id == "0" * 16 + "a3ce929d0e0e4736" and b3.span_id == sid
+    assert incoming_context({"b3": f"{tid}-{sid}-1"}).trace_id == tid
+    assert incoming_context({"traceparent": "00-" + "0" * 32 + f"-{sid}-01"}) is None  # invalid trace id
+    out = outgoing_headers(tid, sid, True)
+    assert (
+        out["traceparent"] == f"00-{tid}-{sid}-01"
+        and out["x-b3-spanid"] == sid
+        and out["x-b3-sampled"] == "1"
+    )
