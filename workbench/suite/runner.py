@@ -42,7 +42,7 @@ from workbench.suite.kernel import SuiteKernel
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 RUN_FILE = "run.json"
-SHARED_BACKEND_KINDS = {"loadtest", "ab", "canary", "authz", "resilience"}
+SHARED_BACKEND_KINDS = {"loadtest", "ab", "canary", "authz", "resilience", "traces"}
 
 Echo = Callable[[str], None]
 
