@@ -95,6 +95,8 @@ def up(
     out.print(
         f"Prometheus: {mesh.prometheus_url()}   processes: {len(mesh.supervisor.procs)}   state: {directory}"
     )
+    if sampling is not None:
+        out.print(f"Traces: {sampling:g} % sampled, spans in {mesh.traces_dir} (part-*.parquet)")
     out.print("Stop it with: workbench local down")
 
 

@@ -67,11 +67,33 @@ def run(s: Session) -> None:
         sp.SpanTail(mesh.traces_dir).skip() if local and getattr(mesh, "sampling", None) is not None else None
     )
     phases: list[dict[str, Any]] = []
+    try:
+        phases = load_in_halves(s, mesh, halves, local)
+    finally:
+        if tail is not None:
+            time.sleep(2.5 if spans_tail is not None else 1.2)  # logs flush every second; spans ~2 s
+            _store_logs(s.store / LOGS, tail.read_raw())
+        if spans_tail is not None:
+            sp.write(spans_tail.read(), s.store / SPANS)
+    if phases:
+        _store_telemetry(s, mesh, phases[0]["start"], phases[-1]["end"])
+
+
+def load_in_halves(
+    s: Session, mesh: Any, halves: list[tuple[str, float]], local: bool, after_warmup: Any = None
+) -> list[dict[str, Any]]:
+    """Warm-up (then ``after_warmup()``), then each half's load on ``spec.service`` — the spec's
+    ``change`` applied before the ``changed`` half and undone in a ``finally`` — saving
+    ``phases.json`` as each half ends; returns the phases (name, start, end)."""
+    spec = s.spec
+    phases: list[dict[str, Any]] = []
     undo: tuple[str, str, dict[str, Any]] | None = None
     try:
         if spec.warmup:
             s.progress(f"warm-up: {spec.rps:g} rps for {spec.warmup:g} s")
             mesh.run_load(spec.service, _profile(spec, spec.warmup, s.seed))
+        if after_warmup is not None:
+            after_warmup()
         for name, seconds in halves:
             if name == "changed" and spec.change is not None:
                 undo = _apply(mesh, spec.change, local)
@@ -86,13 +108,7 @@ def run(s: Session) -> None:
     finally:
         if undo is not None:
             mesh.set_behaviour(undo[0], undo[1], **undo[2])
-        if tail is not None:
-            time.sleep(2.5 if spans_tail is not None else 1.2)  # logs flush every second; spans ~2 s
-            _store_logs(s.store / LOGS, tail.read_raw())
-        if spans_tail is not None:
-            sp.write(spans_tail.read(), s.store / SPANS)
-    if phases:
-        _store_telemetry(s, mesh, phases[0]["start"], phases[-1]["end"])
+    return phases
 
 
 def _profile(spec: Any, seconds: float, seed: int | None) -> LoadProfile:

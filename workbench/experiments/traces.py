@@ -34,7 +34,7 @@ from workbench.analysis.topology import ServiceGraph
 from workbench.analysis.traces import compare_critical_path, traces_between
 from workbench.backends.base import Behaviours
 from workbench.experiments.session import ExperimentResult, Session
-from workbench.experiments.topology import _apply, _describe, _profile
+from workbench.experiments.topology import load_in_halves
 from workbench.report.plots import interval_chart
 from workbench.traces import critical, jaeger, otlp, views
 from workbench.traces import spans as sp
@@ -59,26 +59,14 @@ def run(s: Session) -> None:
     if spec.sampling is not None and spec.sampling != before_sampling:
         backend.set_sampling(spec.sampling)
     tail = sp.SpanTail(backend.traces_dir).skip()
-    phases: list[dict[str, Any]] = []
-    undo = None
-    try:
-        if spec.warmup:
-            s.progress(f"warm-up: {spec.rps:g} rps for {spec.warmup:g} s")
-            backend.run_load(spec.service, _profile(spec, spec.warmup, s.seed))
+
+    def drop_warmup_spans() -> None:
         time.sleep(FLUSH_WAIT_S)
         tail.read()  # the warm-up's spans are not this run's
-        for name, seconds in halves:
-            if name == "changed" and spec.change is not None:
-                undo = _apply(backend, spec.change, True)
-                s.progress(f"changed {spec.change.service}: {_describe(spec.change)}")
-            s.progress(f"{name}: {spec.rps:g} rps on {spec.service} for {seconds:g} s (traced)")
-            start = time.time()
-            backend.run_load(spec.service, _profile(spec, seconds, s.seed))
-            phases.append({"name": name, "start": start, "end": time.time()})
-            _save_phases(s, phases)
+
+    try:
+        load_in_halves(s, backend, halves, True, drop_warmup_spans)
     finally:
-        if undo is not None:
-            backend.set_behaviour(undo[0], undo[1], **undo[2])
         if spec.sampling is not None and spec.sampling != before_sampling:
             backend.set_sampling(before_sampling)
         time.sleep(FLUSH_WAIT_S)
