@@ -430,3 +430,25 @@ def test_apps_read_and_write_w3c_and_b3_context() -> None:
         and out["x-b3-spanid"] == sid
         and out["x-b3-sampled"] == "1"
     )
+
+
+def test_tracing_leaves_the_cluster_sources_alone(tmp_path) -> None:
+    """Inbound sidecars keep their static app cluster, outbound ones their CDS file, tracing or not."""
+    from workbench.backends.local import envoy as ev
+    from workbench.backends.local.layout import plan
+    from workbench.backends.local.topology import load_topology
+
+    topo = load_topology()
+    layout = plan(topo, "both", tmp_path)
+    traffic = {
+        n: ev.TrafficPolicy(split={v: 100 for v in list(s.versions)[:1]}) for n, s in topo.services.items()
+    }
+    for tracing in (None, ev.Tracing(layout.traces_port)):
+        view = ev.MeshView(layout.inbound_ports(), traffic, {}, None, tracing)
+        inbound = ev.bootstrap(layout.inbound["catalog"]["v1"], view)
+        outbound = ev.bootstrap(layout.outbound["catalog-v1"], view)
+        assert "dynamic_resources" not in inbound
+        assert inbound["static_resources"]["clusters"][0]["name"] == "local_app"
+        assert outbound["dynamic_resources"]["cds_config"]["path_config_source"]["path"].endswith("cds.yaml")
+        names = [c["name"] for c in outbound["static_resources"].get("clusters", [])]
+        assert names == ([ev.TRACES_CLUSTER] if tracing else [])

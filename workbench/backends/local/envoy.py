@@ -171,13 +171,13 @@ def bootstrap(sc: Sidecar, view: MeshView) -> dict[str, Any]:
     dynamic: dict[str, Any] = {}
     if sc.direction == "inbound":
         static["clusters"] = clusters(sc, view)
-    if view.tracing is not None:
-        static.setdefault("clusters", []).append(_static_cluster(TRACES_CLUSTER, view.tracing.port))
     else:
         dynamic["cds_config"] = {
             "resource_api_version": "V3",
             "path_config_source": {"path": str(sc.path("cds"))},
         }
+    if view.tracing is not None:
+        static.setdefault("clusters", []).append(_static_cluster(TRACES_CLUSTER, view.tracing.port))
     out: dict[str, Any] = {
         "node": {"id": sc.name, "cluster": sc.identity},
         "admin": {"address": _addr(sc.admin_port)},
