@@ -410,9 +410,9 @@ class LocalMesh:
         if not 0 <= percent <= 100:
             raise BackendError(f"sampling must be a percentage 0-100 (got {percent})")
         layout = self._layout()
-        for sc in layout.sidecars:
+        for sc in layout.sidecars:  # Envoy reads this runtime value in basis points: 10000 = 100 %
             url = f"http://127.0.0.1:{sc.admin_port}/runtime_modify"
-            resp = requests.post(url, params={"tracing.random_sampling": f"{percent:g}"}, timeout=5)
+            resp = requests.post(url, params={"tracing.random_sampling": str(round(percent * 100))}, timeout=5)
             if resp.status_code != 200:
                 raise BackendError(f"{sc.name} refused the sampling change: {resp.text.strip()}")
         for versions in layout.apps.values():
