@@ -412,7 +412,8 @@ class LocalMesh:
         layout = self._layout()
         for sc in layout.sidecars:  # Envoy reads this runtime value in basis points: 10000 = 100 %
             url = f"http://127.0.0.1:{sc.admin_port}/runtime_modify"
-            resp = requests.post(url, params={"tracing.random_sampling": str(round(percent * 100))}, timeout=5)
+            basis_points = str(round(percent * 100))
+            resp = requests.post(url, params={"tracing.random_sampling": basis_points}, timeout=5)
             if resp.status_code != 200:
                 raise BackendError(f"{sc.name} refused the sampling change: {resp.text.strip()}")
         for versions in layout.apps.values():
