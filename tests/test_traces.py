@@ -424,6 +424,9 @@ def test_apps_read_and_write_w3c_and_b3_context() -> None:
     assert b3.trace_id == "0" * 16 + "a3ce929d0e0e4736" and b3.span_id == sid
     assert incoming_context({"b3": f"{tid}-{sid}-1"}).trace_id == tid
     assert incoming_context({"traceparent": "00-" + "0" * 32 + f"-{sid}-01"}) is None  # invalid trace id
+    # the sidecars' Zipkin tracer rewrote B3 only: an app of that mesh reads B3 first
+    both = {"traceparent": f"00-{tid}-{'1' * 16}-01", "x-b3-traceid": tid, "x-b3-spanid": sid}
+    assert incoming_context(both).span_id == "1" * 16 and incoming_context(both, "b3").span_id == sid
     out = outgoing_headers(tid, sid, True)
     assert (
         out["traceparent"] == f"00-{tid}-{sid}-01"

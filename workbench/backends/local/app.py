@@ -78,12 +78,25 @@ def _is_hex(text: str, digits: int) -> bool:
     return len(text) == digits and all(c in "0123456789abcdef" for c in text) and text != "0" * digits
 
 
-def incoming_context(headers: Any) -> TraceContext | None:
-    """W3C ``traceparent`` (version 00), else B3 single (``b3``) or multi (``x-b3-*``) headers."""
+def incoming_context(headers: Any, prefer: str = "w3c") -> TraceContext | None:
+    """W3C ``traceparent`` (version 00), else B3 single (``b3``) or multi (``x-b3-*``) headers;
+    ``prefer="b3"`` reads B3 first. A request carries both (the apps send both), but a proxy's
+    tracer rewrites only its own kind (Envoy's OpenTelemetry tracer ``traceparent``, its Zipkin
+    tracer B3), so the app reads the kind its mesh's tracer writes."""
+    if prefer == "b3":
+        return _b3(headers) or _w3c(headers)
+    return _w3c(headers) or _b3(headers)
+
+
+def _w3c(headers: Any) -> TraceContext | None:
     tp = headers.get("traceparent", "").strip().lower()
     parts = tp.split("-")
     if len(parts) >= 4 and parts[0] == "00" and _is_hex(parts[1], 32) and _is_hex(parts[2], 16):
         return TraceContext(parts[1], parts[2], bool(int(parts[3][:2] or "0", 16) & 1))
+    return None
+
+
+def _b3(headers: Any) -> TraceContext | None:
     single = headers.get("b3", "").strip().lower().split("-")
     if len(single) >= 2:
         trace, span = single[0].rjust(32, "0"), single[1]
@@ -122,6 +135,7 @@ class DemoService:
         tracing = spec.get("tracing") or {}
         self.traces_url: str = tracing.get("url", "")  # the receiver's /v1/traces; "" = propagate only
         self.sampling: float = float(tracing.get("sampling", 100.0))
+        self.prefer = "b3" if tracing.get("tracer") == "zipkin" else "w3c"  # what the sidecars rewrite
         self.spans: list[dict[str, Any]] = []
         self.spans_dropped = Counter(
             "app_spans_dropped", "App spans dropped (buffer full or export failed)", ["service", "version"],
@@ -162,7 +176,7 @@ class DemoService:
 
     def _trace(self, request: web.Request) -> tuple[dict[str, str], dict[str, Any] | None]:
         """Headers to send downstream, and this request's own span (None when not recorded)."""
-        ctx = incoming_context(request.headers)
+        ctx = incoming_context(request.headers, self.prefer)
         if not self.traces_url:  # propagate what came in, unchanged
             return {k: v for k in TRACE_HEADERS if (v := request.headers.get(k))}, None
         if ctx is None:

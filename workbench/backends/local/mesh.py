@@ -681,7 +681,7 @@ class LocalMesh:
         }
         if self.sampling is not None:
             url = f"http://127.0.0.1:{layout.traces_port}/v1/traces"
-            spec["tracing"] = {"url": url, "sampling": self.sampling}
+            spec["tracing"] = {"url": url, "sampling": self.sampling, "tracer": self.tracer}
         return spec
 
     def _scrape_targets(self) -> list[prom.ScrapeTarget]:
