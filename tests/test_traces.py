@@ -455,3 +455,15 @@ def test_tracing_leaves_the_cluster_sources_alone(tmp_path) -> None:
         assert outbound["dynamic_resources"]["cds_config"]["path_config_source"]["path"].endswith("cds.yaml")
         names = [c["name"] for c in outbound["static_resources"].get("clusters", [])]
         assert names == ([ev.TRACES_CLUSTER] if tracing else [])
+
+
+def test_parquet_analysis_reads_column_by_column_and_agrees(tmp_path) -> None:
+    rng = random.Random(8)
+    recs = [r for t in range(30) for r in random_trace(rng, format(t + 1, "x"), 12)]
+    table, _ = spans.table(recs)
+    spans.write(table, tmp_path / "s.parquet")
+    a, b = critical.analyse(table), critical.analyse_parquet(tmp_path / "s.parquet")
+    assert a.self_us.tolist() == b.self_us.tolist() and a.traces.equals(b.traces)
+    with pytest.raises(ValueError, match="missing column"):
+        pa.parquet.write_table(pa.table({"x": [1]}), tmp_path / "bad.parquet")
+        critical.analyse_parquet(tmp_path / "bad.parquet")

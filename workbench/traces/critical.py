@@ -31,13 +31,15 @@ Nothing here loops over traces in Python: 10 M spans take seconds (``benchmarks/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["ANALYSIS_COLUMNS", "CriticalPath", "analyse"]
+__all__ = ["ANALYSIS_COLUMNS", "CriticalPath", "analyse", "analyse_parquet"]
 
 ANALYSIS_COLUMNS = ("trace_id", "span_id", "parent_id", "service", "start_us", "duration_us")
 _LUT = np.full(256, 255, dtype=np.uint8)
@@ -45,12 +47,36 @@ for _i, _c in enumerate(b"0123456789abcdef"):
     _LUT[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
     _LUT[_c] = 10 + _i
+_VALID = _LUT != 255
 _CHUNK = 1 << 20
 
 
-def _column(t: pa.Table, name: str) -> pa.Array:
+def _swar(w: np.ndarray) -> np.ndarray:
+    """Eight ASCII hex digits per little-endian uint64 word → their 32-bit value (as uint64),
+    decoded in-register: a digit's nibble is its low 4 bits, plus 9 for a letter (bit 6 set)."""
+    u = np.uint64
+    v = (w & u(0x0F0F0F0F0F0F0F0F)) + u(9) * ((w >> u(6)) & u(0x0101010101010101))
+    p = ((v & u(0x00FF00FF00FF00FF)) << u(4)) | ((v >> u(8)) & u(0x00FF00FF00FF00FF))  # byte pairs
+    q = (p | (p >> u(8))) & u(0x0000FFFF0000FFFF)
+    r = (q | (q >> u(16))) & u(0xFFFFFFFF)  # the 4 bytes, first digit pair lowest
+    return r.astype(np.uint32).byteswap().astype(np.uint64)
+
+
+def _chunks(t: pa.Table, name: str) -> list[pa.Array]:
     col = t.column(name)
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    return chunks or [pa.array([], type=col.type)]
+
+
+def _ints(t: pa.Table, name: str) -> np.ndarray:
+    parts = [c.to_numpy(zero_copy_only=False).astype(np.int64, copy=False) for c in _chunks(t, name)]
+    return np.concatenate(parts)
+
+
+def _ids(t: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_ids64` chunk by chunk (no copy of the whole column)."""
+    parts = [_ids64(c) for c in _chunks(t, name)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _ids64(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -58,27 +84,23 @@ def _ids64(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(pa.string())
-    if not pa.types.is_large_string(arr.type):
-        arr = arr.cast(pa.large_string())
+    if not (pa.types.is_large_string(arr.type) or pa.types.is_string(arr.type)):
+        arr = arr.cast(pa.string())
     if arr.null_count:
         arr = pc.fill_null(arr, "")
     bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(bufs[1], dtype=width)[arr.offset : arr.offset + n + 1].astype(np.int64)
     lengths = np.diff(offsets)
     present = lengths > 0
     values = np.zeros(n, dtype=np.uint64)
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     if np.all((lengths == 0) | (lengths == 16)):
-        chars = data[offsets[0] : offsets[-1]].reshape(-1, 16)
-        out = np.empty(len(chars), dtype=np.uint64)
-        bad = False
-        for lo in range(0, len(chars), _CHUNK):
-            nib = _LUT[chars[lo : lo + _CHUNK]]
-            bad = bad or bool((nib == 255).any())
-            packed = (nib[:, 0::2] << 4) | nib[:, 1::2]
-            out[lo : lo + _CHUNK] = np.ascontiguousarray(packed).view(">u8").ravel()
-        if not bad:
-            values[present] = out
+        raw = data[offsets[0] : offsets[-1]]
+        valid = all(bool(_VALID[raw[lo : lo + 16 * _CHUNK]].all()) for lo in range(0, len(raw), 16 * _CHUNK))
+        if valid:
+            words = raw.view("<u8").reshape(-1, 2)  # 8 ASCII hex digits per word
+            values[present] = (_swar(words[:, 0]) << np.uint64(32)) | _swar(words[:, 1])
             return values, present
     # ids of other lengths or not hex (spans not normalised by spans.table): exact, row by row
     for i, text in enumerate(arr.to_pylist()):
@@ -92,15 +114,19 @@ def _ids64(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values, present
 
 
-def _codes(arr: pa.Array) -> tuple[np.ndarray, list[str]]:
-    """Dictionary codes (int64) and the distinct values, by hashing in Arrow."""
-    if not pa.types.is_dictionary(arr.type):
-        arr = pc.dictionary_encode(arr)
-    idx = arr.indices
-    codes = idx.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    if idx.null_count:
-        codes = np.where(idx.is_null().to_numpy(zero_copy_only=False), -1, codes)
-    return codes, arr.dictionary.to_pylist()
+def _codes(t: pa.Table, name: str) -> tuple[np.ndarray, list[str]]:
+    """Dictionary codes (int32, -1 for null) and the distinct values, by hashing in Arrow."""
+    col = t.column(name)
+    if pa.types.is_dictionary(col.type):  # Parquet's dictionaries may differ by chunk: unify them
+        col = col.unify_dictionaries() if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
+    else:
+        col = pc.dictionary_encode(col)
+        col = col if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
+    chunks = col.chunks or [pa.array([], type=pa.dictionary(pa.int32(), pa.string()))]
+    codes = np.concatenate(
+        [c.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False) for c in chunks]
+    )
+    return codes, chunks[0].dictionary.to_pylist()
 
 
 @dataclass
@@ -215,18 +241,35 @@ def analyse(spans: pa.Table | pd.DataFrame) -> CriticalPath:
         raise ValueError(
             f"spans lack the column(s) {', '.join(missing)} (need {', '.join(ANALYSIS_COLUMNS)})"
         )
-    n = spans.num_rows
-    start = _column(spans, "start_us").to_numpy(zero_copy_only=False).astype(np.int64)
-    dur = _column(spans, "duration_us").to_numpy(zero_copy_only=False).astype(np.int64)
-    dur = np.maximum(dur, 0)
+    return _analyse(lambda name: spans.select([name]))
+
+
+def analyse_parquet(path: str | Path) -> CriticalPath:
+    """:func:`analyse` of a Parquet span file, read one column at a time and each column dropped
+    once it is reduced to numbers, so the file's strings are never all in memory at once."""
+    import pyarrow.parquet as pq
+
+    missing = [c for c in ANALYSIS_COLUMNS if c not in pq.read_schema(path).names]
+    if missing:
+        raise ValueError(f"{path}: no span table: missing column(s) {', '.join(missing)}")
+    f = pq.ParquetFile(path, read_dictionary=["service"])
+    return _analyse(lambda name: f.read(columns=[name]))
+
+
+def _analyse(column: Any) -> CriticalPath:
+    """The analysis, from ``column(name)`` → a one-column table (read when asked, then dropped)."""
+    start = _ints(column("start_us"), "start_us")
+    n = len(start)
+    dur = np.maximum(_ints(column("duration_us"), "duration_us"), 0)
     end = start + dur
-    trace, trace_ids = _codes(_column(spans, "trace_id"))
-    service, services = _codes(_column(spans, "service"))
-    sid, _ = _ids64(_column(spans, "span_id"))
-    pid, has_parent = _ids64(_column(spans, "parent_id"))
+    trace, trace_ids = _codes(column("trace_id"), "trace_id")
+    service, services = _codes(column("service"), "service")
+    sid, _ = _ids(column("span_id"), "span_id")
+    pid, has_parent = _ids(column("parent_id"), "parent_id")
     quality: dict[str, int] = {"spans": n}
 
     parent, duplicate = _link(trace, sid, pid, has_parent)
+    del sid, pid
     quality["duplicates"] = int(duplicate.sum())
     orphan = has_parent & (parent < 0) & ~duplicate
     quality["orphans"] = int(orphan.sum())
@@ -251,6 +294,7 @@ def analyse(spans: pa.Table | pd.DataFrame) -> CriticalPath:
     quality["clamped"] = int(clamped.sum())
     quality["clamped_us"] = int(clamped_by[clamped].sum())
     quality["max_clamped_us"] = int(clamped_by[clamped].max()) if clamped.any() else 0
+    del clamped_by, end
     quality["outside"] = int(((depth > 0) & ~kept & kept[np.maximum(parent, 0)]).sum())
 
     # Roots: per trace the earliest span without a parent id (else the earliest orphan).
@@ -314,7 +358,7 @@ def analyse(spans: pa.Table | pd.DataFrame) -> CriticalPath:
     # Per trace and service, on the path
     rows = np.flatnonzero(on_path)
     n_services = max(len(services), 1)
-    key = trace[rows] * n_services + np.maximum(service[rows], 0)
+    key = trace[rows].astype(np.int64) * n_services + np.maximum(service[rows], 0)
     uniq, inv = np.unique(key, return_inverse=True)
     totals = np.bincount(inv, weights=self_us[rows]).astype(np.int64)
     by_service = pd.DataFrame(
@@ -335,16 +379,19 @@ def _link(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Parent row of every span (-1: none found) and which spans repeat an earlier (trace, span id)."""
     n = len(sid)
-    parent = np.full(n, -1, dtype=np.int64)
+    parent = np.full(n, -1, dtype=np.int32)
     duplicate = np.zeros(n, dtype=bool)
     if n == 0:
         return parent, duplicate
-    order = np.argsort(sid, kind="stable")
+    order = np.argsort(sid)
     sorted_ids = sid[order]
     if not np.any(sorted_ids[1:] == sorted_ids[:-1]):  # span ids unique across the table: one search
         rows = np.flatnonzero(has_parent)
-        pos = np.minimum(np.searchsorted(sorted_ids, pid[rows]), n - 1)
-        found = sorted_ids[pos] == pid[rows]
+        asked = pid[rows]
+        by_id = np.argsort(asked)  # sorted needles: searchsorted walks the ids once, cache-friendly
+        rows, asked = rows[by_id], asked[by_id]
+        pos = np.minimum(np.searchsorted(sorted_ids, asked), n - 1)
+        found = sorted_ids[pos] == asked
         cand = order[pos]
         same = found & (trace[cand] == trace[rows]) & (cand != rows)
         parent[rows[same]] = cand[same]
@@ -364,7 +411,7 @@ def _link(
 def _levels(parent: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """Depth of every span (-1 when unreachable: a cycle or unusable) and the rows of each level."""
     n = len(parent)
-    depth = np.full(n, -1, dtype=np.int64)
+    depth = np.full(n, -1, dtype=np.int32)
     level = np.flatnonzero(usable & (parent < 0))
     depth[level] = 0
     levels = [level]
@@ -386,7 +433,7 @@ def _group_keys(
     rows: np.ndarray, parent: np.ndarray, cs: np.ndarray, values: np.ndarray
 ) -> tuple[np.ndarray, int]:
     """``parent * M + (value - parent start)``: sorts children by parent, then by ``value``."""
-    p = parent[rows]
+    p = parent[rows].astype(np.int64)
     rel = values[rows] - cs[p]
     m = int(rel.max()) + 1 if len(rel) else 1
     if len(p) and int(p.max()) * m > 2**62:
@@ -401,9 +448,10 @@ def _chains(rows: np.ndarray, parent: np.ndarray, cs: np.ndarray, ce: np.ndarray
     if len(rows) == 0:
         return chain
     key_end, m = _group_keys(rows, parent, cs, ce)
-    order = np.lexsort((-rows, key_end))  # among equal ends the first span wins, as in Jaeger UI
+    # by key; among equal ends the later row first, so the last one taken is the first span (Jaeger UI)
+    order = len(rows) - 1 - np.argsort(key_end[::-1], kind="stable")
     srows, skeys = rows[order], key_end[order]
-    sparent = parent[srows]
+    sparent = parent[srows].astype(np.int64)
     # predecessor: the sibling with the latest end <= this child's start, sorted before it
     qkey = sparent * m + (cs[srows] - cs[sparent])
     pos = np.searchsorted(skeys, qkey, side="right") - 1
@@ -432,7 +480,7 @@ def _union_of_children(
     key_start, m = _group_keys(rows, parent, cs, cs)
     order = np.argsort(key_start, kind="stable")
     srows = rows[order]
-    p = parent[srows]
+    p = parent[srows].astype(np.int64)
     rel_s, rel_e = cs[srows] - cs[p], ce[srows] - cs[p]
     m = max(m, int(rel_e.max()) + 1)
     running = np.maximum.accumulate(p * m + rel_e)  # per parent: latest end so far
