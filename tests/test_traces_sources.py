@@ -195,3 +195,10 @@ def test_jaeger_ui_file_round_trip(tmp_path) -> None:
 
     table, _ = spans.table(records(json.loads(path.read_text())))
     assert table.num_rows == 2
+
+
+def test_summary_schema_knows_every_kind() -> None:
+    from workbench.report import ci
+
+    kinds = ci.schema()["properties"]["experiments"]["items"]["properties"]["kind"]["enum"]
+    assert set(kinds) == set(config.KINDS)
