@@ -281,7 +281,8 @@ class ServiceGraph:
         return {(e.source, e.destination) for e in self.edges}
 
     def to_frame(self) -> pd.DataFrame:
-        """The per-edge table: rps, error rate (%), p50/p99 (ms), versions' rps."""
+        """The per-edge table: rps, error rate (%), p50/p99 (ms), versions' rps; from traces also
+        ``cp_ms``, the mean time per request the edge holds the critical path."""
         rows = [
             {
                 "source": e.source,
@@ -292,10 +293,13 @@ class ServiceGraph:
                 "p50_ms": e.p50_ms,
                 "p99_ms": e.p99_ms,
                 "versions": ", ".join(f"{v} {r:.3g} rps" for v, r in sorted(e.versions.items())),
+                "cp_ms": e.cp_ms,
             }
             for e in self.edges
         ]
         cols = ["source", "destination", "rps", "requests", "error_pct", "p50_ms", "p99_ms", "versions"]
+        if any(math.isfinite(e.cp_ms) for e in self.edges):
+            cols.append("cp_ms")
         return pd.DataFrame(rows, columns=cols)
 
     def mark(self, service: str, note: str) -> ServiceGraph:

@@ -246,6 +246,8 @@ def compare_critical_path(
     columns = [*services, "e2e_ms"]
     level = alpha / len(columns)
     for column in columns:
+        if not (a[column].any() or b[column].any()):
+            continue  # never on a critical path: nothing to compare
         wa, wb = (
             window_table(
                 pd.DataFrame({"timestamp": x["timestamp"], "latency_ms": x[column], "status": 200}),
