@@ -404,16 +404,16 @@ class LocalMesh:
 
     def set_sampling(self, percent: float) -> None:
         """Sample ``percent`` of new requests from now on: every sidecar's ``tracing.random_sampling``
-        runtime value (admin ``/runtime_modify``) and the apps' own root decisions (mode ``none``)."""
+        runtime value (admin ``/runtime_modify``; Envoy takes whole percents there, so it is rounded)
+        and the apps' own root decisions (mode ``none``)."""
         if self.sampling is None:
             raise BackendError("tracing is off on this mesh: start it with tracing=<percent sampled>")
         if not 0 <= percent <= 100:
             raise BackendError(f"sampling must be a percentage 0-100 (got {percent})")
         layout = self._layout()
-        for sc in layout.sidecars:  # Envoy reads this runtime value in basis points: 10000 = 100 %
+        for sc in layout.sidecars:  # Envoy reads this runtime value as a whole percentage
             url = f"http://127.0.0.1:{sc.admin_port}/runtime_modify"
-            basis_points = str(round(percent * 100))
-            resp = requests.post(url, params={"tracing.random_sampling": basis_points}, timeout=5)
+            resp = requests.post(url, params={"tracing.random_sampling": str(round(percent))}, timeout=5)
             if resp.status_code != 200:
                 raise BackendError(f"{sc.name} refused the sampling change: {resp.text.strip()}")
         for versions in layout.apps.values():
