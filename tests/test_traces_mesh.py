@@ -58,7 +58,7 @@ def traced_run(mode: str, tracer: str, rps: float = 40, seconds: float = 3) -> t
 @pytest.mark.parametrize(
     ("mode", "tracer"),
     [("both", "opentelemetry"), ("serveronly", "opentelemetry"), ("none", "opentelemetry"),
-     ("both-mtls", "zipkin")],
+     ("both-mtls", "opentelemetry")],
 )  # fmt: skip
 def test_every_request_is_one_trace_shaped_like_the_call_graph(mode: str, tracer: str) -> None:
     table, requests, stats = traced_run(mode, tracer)
@@ -86,6 +86,32 @@ def test_every_request_is_one_trace_shaped_like_the_call_graph(mode: str, tracer
     if mode != "none":
         ids = {r["request_id"] for r in rows if r["role"] != "app"}
         assert "" not in ids and len(ids) == requests
+
+
+def test_zipkin_tracer_links_client_server_and_app_spans() -> None:
+    """Envoy's Zipkin tracer (B3, separate client and server spans): every request is one complete
+    trace of the call graph's shape. Zipkin reports whole microseconds and, now and then, a span a
+    little outside its parent: those are clamped or left out and counted, never fatal."""
+    table, requests, stats = traced_run("both", "zipkin")
+    assert stats["dropped_spans"] == 0 and stats["invalid_spans"] == 0 and stats["bad_requests"] == 0
+    cp = critical.analyse(table)
+    assert cp.quality["orphans"] == 0 and len(cp.traces) == requests
+    odd = cp.quality["outside"] + cp.quality["clamped"]
+    print(cp.explain_quality())
+    assert odd <= 0.02 * table.num_rows
+    rows = table.to_pylist()
+    by_trace: dict[str, list[dict]] = {}
+    for r in rows:
+        by_trace.setdefault(r["trace_id"], []).append(r)
+    shaped = 0
+    for trace_rows in by_trace.values():
+        children: dict[str, list[dict]] = {}
+        for r in trace_rows:
+            children.setdefault(r["parent_id"], []).append(r)
+        shaped += tree_of(trace_rows, children, children[""][0]) == expected_tree("both")
+    assert shaped == requests
+    d = cp.traces["duration_us"].astype(float)
+    assert ((cp.traces["cp_us"] - d).abs() <= 0.02 * d).all()
 
 
 def test_sampling_changes_live() -> None:
