@@ -267,16 +267,8 @@ def analyse(s: Session) -> ExperimentResult:
     if spec.localize and len(phases) == 2:
         result = _localize(s, phases, logs, telemetry, prom)
         if result is not None:
-            details["localization"] = result
-            tables["ranking"] = result.to_frame()
-            figures["culprit"] = result.culprit
+            verdict, severity = record_localization(result, graph, details, tables, figures)
             figures["ranking"] = result.top(len(result.ranking))
-            figures["localization_evidence"] = result.evidence
-            if result.culprit:
-                graph.mark(result.culprit, result.explanation)
-                verdict, severity = "culprit found", "worse"
-            else:
-                verdict = "no change"
             headline += f". Localized from {result.evidence}: " + result.explanation
             checks = [
                 {
@@ -292,6 +284,25 @@ def analyse(s: Session) -> ExperimentResult:
     return ExperimentResult(
         spec.name, "topology", verdict, severity, headline, figures, tables, details, checks
     )  # type: ignore[arg-type]
+
+
+def record_localization(
+    result: loc.Localization,
+    graph: ServiceGraph,
+    details: dict[str, Any],
+    tables: dict[str, Any],
+    figures: dict[str, Any],
+) -> tuple[str, str]:
+    """Put a localization into an experiment's result parts (culprit ringed on the graph); return
+    (verdict, severity): ``culprit found``/``worse`` or ``no change``/``ok``."""
+    details["localization"] = result
+    tables["ranking"] = result.to_frame()
+    figures["culprit"] = result.culprit
+    figures["localization_evidence"] = result.evidence
+    if result.culprit:
+        graph.mark(result.culprit, result.explanation)
+        return "culprit found", "worse"
+    return "no change", "ok"
 
 
 def _localize(

@@ -35,7 +35,7 @@ from workbench.analysis.traces import compare_critical_path, traces_between
 from workbench.backends.base import Behaviours
 from workbench.errors import BackendError
 from workbench.experiments.session import ExperimentResult, Session
-from workbench.experiments.topology import load_in_halves
+from workbench.experiments.topology import load_in_halves, record_localization
 from workbench.report.plots import interval_chart
 from workbench.traces import critical, jaeger, otlp, views
 from workbench.traces import spans as sp
@@ -174,15 +174,7 @@ def analyse(s: Session) -> ExperimentResult:
         except ValueError as exc:
             headline += f" No comparison of the halves: {exc}."
         else:
-            details["localization"] = result
-            tables["ranking"] = result.to_frame()
-            figures["culprit"] = result.culprit
-            figures["localization_evidence"] = result.evidence
-            if result.culprit:
-                graph.mark(result.culprit, result.explanation)
-                verdict, severity = "culprit found", "worse"
-            else:
-                verdict = "no change"
+            verdict, severity = record_localization(result, graph, details, tables, figures)
             headline += f" Localized from traces: {result.explanation}"
             checks = [
                 {"name": f"critical-path:{r.service}", "verdict": r.verdict, "severity": "ok",
