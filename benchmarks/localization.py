@@ -1,15 +1,19 @@
 """Localization benchmark: does ``workbench.analysis.localize`` name the service that really changed,
-and how fast?
+and how fast — from traces, and from access logs, on the same trials?
 
     python benchmarks/localization.py [--trials 20] [--seed 7] [--rps 150]
 
 On the local demo topology (frontend → catalog → pricing, frontend → reviews → ratings; concurrent
-calls), each trial picks one random service (seeded) and one random change to its stable version —
-a delay (+2 to +10 ms of service time) or an error rate (2 to 10 %) — after a baseline window.
-While load runs, the changed window is judged every second from the sidecars' access logs (read
-incrementally), from 3 s after the change on, until the top-ranked service is ``worse`` or the
-window reaches its cap. Prints per trial the truth and the ranking, then top-1 / top-2 accuracy
-(with Wilson intervals) and the time from the change to the verdict (goal: top-1 >= 90 %).
+calls; mode both, tracing 100 %), each trial picks one random service (seeded) and one random
+change to its stable version — a delay (+1 to +5 ms of service time) or an error rate (2 to 10 %)
+— after a baseline window. While load runs, the changed window is judged every second by both
+methods: from traces (spans read incrementally from the receiver; each visit's self time is its
+spans' time not spent waiting on a child) and from the sidecars' access logs (inbound time minus
+the slowest linked call), from 3 s after the change on, until each has named a culprit or the
+window reaches its cap. Margins: 0.5 ms or 5 % for latency (a +1 ms change must be able to clear
+them), 0.5 points for errors. Prints per trial the truth and both rankings, then per method top-1
+/ top-2 accuracy (Wilson intervals) and the time from the change to its verdict (goal: top-1 >= 90 %
+with traces).
 """
 
 from __future__ import annotations
@@ -21,27 +25,43 @@ import threading
 import time
 
 import pandas as pd
+import pyarrow as pa
 from statsmodels.stats.proportion import proportion_confint
 
-from workbench.analysis.localize import AccessLogTail, localize
+from workbench.analysis.localize import AccessLogTail, Localization, localize
+from workbench.analysis.traces import flow_edges, hops_from_spans, traces_between
 from workbench.backends.local import LocalMesh
 from workbench.load.results import LoadProfile
+from workbench.stats.compare import Margin
+from workbench.traces import critical
+from workbench.traces.spans import SpanTail
 
 SERVICES = ("frontend", "catalog", "pricing", "reviews", "ratings")
 LEAD_S = 3.0
+MARGIN = Margin(latency_ms=0.5, latency_pct=5, error_rate_pct=0.5)
+METHODS = ("traces", "access logs")
 
 
-def _trial(mesh: LocalMesh, tail: AccessLogTail, rng: random.Random, args: argparse.Namespace) -> dict:
+def _trace_hops(table: pa.Table, lo: float, hi: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cp = critical.analyse(table)
+    part = traces_between(table, cp, lo, hi)
+    cp = critical.analyse(part)
+    return hops_from_spans(part, cp), flow_edges(part, cp)
+
+
+def _trial(
+    mesh: LocalMesh, tail: AccessLogTail, spans: SpanTail, rng: random.Random, args: argparse.Namespace
+) -> dict:
     service = rng.choice(SERVICES)
     version = next(iter(mesh.topology.services[service].versions))
     before = mesh.behaviour(service, version)
     if rng.random() < 0.5:
-        delta = round(rng.uniform(2, 10), 1)
-        patch, undo, what = (
+        delta = round(rng.uniform(1, 5), 1)
+        patch, undo = (
             {"service_time_ms": before.service_time_ms + delta},
             {"service_time_ms": before.service_time_ms},
-            f"+{delta:g} ms",
         )
+        what = f"+{delta:g} ms"
     else:
         rate = round(rng.uniform(0.02, 0.10), 3)
         patch, undo, what = (
@@ -49,14 +69,17 @@ def _trial(mesh: LocalMesh, tail: AccessLogTail, rng: random.Random, args: argpa
             {"error_rate": before.error_rate},
             f"{100 * rate:.1f}% errors",
         )
-    total = LEAD_S + args.baseline + args.cap + 1.5
+    total = LEAD_S + args.baseline + args.cap + 4.0
     load = threading.Thread(
-        target=mesh.run_load,
-        daemon=True,
+        target=mesh.run_load, daemon=True,
         args=("frontend", LoadProfile(rps=args.rps, connections=16, duration_s=total)),
-    )
+    )  # fmt: skip
     tail.skip()
+    spans.skip()
     frames: list[pd.DataFrame] = []
+    tables: list[pa.Table] = []
+    results: dict[str, Localization | None] = dict.fromkeys(METHODS)
+    waited: dict[str, float] = dict.fromkeys(METHODS, float("nan"))
     load.start()
     try:
         time.sleep(LEAD_S)  # k6 starts, connections warm up
@@ -65,33 +88,46 @@ def _trial(mesh: LocalMesh, tail: AccessLogTail, rng: random.Random, args: argpa
         b1 = time.time()
         mesh.set_behaviour(service, version, **patch)
         c0 = time.time()
-        time.sleep(3.0)
-        result, waited = None, 0.0
+        time.sleep(2.5)  # spans of the baseline's last requests arrive
+        tables.append(spans.read())
+        base_hops, base_edges = _trace_hops(pa.concat_tables(tables), b0, b1)
+        time.sleep(0.5)
         while True:
-            frames.append(tail.read())
-            logs = pd.concat(frames, ignore_index=True)
-            base = logs[(logs["start"] >= b0) & (logs["start"] < b1)]
-            changed = logs[logs["start"] >= c0 + 0.05]
             t_judge = time.time()
-            result = localize(base, changed, window="0.5s")
-            waited = time.time() - c0
-            if result.culprit is not None or waited >= args.cap:
+            frames.append(tail.read())
+            tables.append(spans.read())
+            logs = pd.concat(frames, ignore_index=True)
+            if results["access logs"] is None or results["access logs"].culprit is None:
+                base = logs[(logs["start"] >= b0) & (logs["start"] < b1)]
+                changed = logs[logs["start"] >= c0 + 0.05]
+                results["access logs"] = localize(base, changed, window="0.5s", margin=MARGIN)
+                waited["access logs"] = time.time() - c0
+            if results["traces"] is None or results["traces"].culprit is None:
+                hops, edges = _trace_hops(pa.concat_tables(tables), c0 + 0.05, time.time())
+                if len(hops):
+                    results["traces"] = localize(
+                        base_hops, hops, window="0.5s", margin=MARGIN, edges=pd.concat([base_edges, edges]),
+                        evidence="traces",
+                    )  # fmt: skip
+                    waited["traces"] = time.time() - c0
+            done = all(r is not None and r.culprit is not None for r in results.values())
+            if done or time.time() - c0 >= args.cap:
                 break
             time.sleep(max(0.0, 1.0 - (time.time() - t_judge)))
     finally:
         mesh.set_behaviour(service, version, **undo)
         load.join()
-    top = result.top(2)
-    return {
-        "service": service,
-        "change": what,
-        "top1": top[0],
-        "top2": ",".join(top),
-        "verdict": result.culprit or "none",
-        "seconds": round(waited, 1),
-        "hit1": top[0] == service,
-        "hit2": service in top,
-    }
+    row = {"service": service, "change": what}
+    for method, result in results.items():
+        top = result.top(2) if result is not None else ["none"]
+        row[method] = {
+            "top2": ",".join(top),
+            "verdict": (result.culprit if result else None) or "none",
+            "seconds": round(waited[method], 1),
+            "hit1": top[0] == service,
+            "hit2": service in top,
+        }
+    return row
 
 
 def _share(hits: int, n: int) -> str:
@@ -110,40 +146,49 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(args.seed)
     rows = []
     started = time.time()
-    with LocalMesh(mode="both", wait_for_metrics=False) as mesh:
+    with LocalMesh(mode="both", tracing=100, wait_for_metrics=False) as mesh:
         tail = AccessLogTail(mesh.run_dir / "envoy")
+        spans = SpanTail(mesh.traces_dir)
         mesh.run_load("frontend", LoadProfile(rps=args.rps, connections=16, duration_s=2))  # warm-up
         for i in range(args.trials):
-            row = _trial(mesh, tail, rng, args)
+            row = _trial(mesh, tail, spans, rng, args)
             rows.append(row)
+            t, a = row["traces"], row["access logs"]
             print(
-                f"trial {i + 1:2d}: {row['service']:8s} {row['change']:12s} → top {row['top2']:17s} "
-                f"verdict {row['verdict']:8s} after {row['seconds']:4.1f} s",
+                f"trial {i + 1:2d}: {row['service']:8s} {row['change']:12s} → traces: top {t['top2']:17s} "
+                f"verdict {t['verdict']:8s} {t['seconds']:4.1f} s | access logs: top {a['top2']:17s} "
+                f"verdict {a['verdict']:8s} {a['seconds']:4.1f} s",
                 flush=True,
             )
-    frame = pd.DataFrame(rows)
-    n = len(frame)
-    found = frame[frame["verdict"] != "none"]
+        stats = mesh.trace_stats()
+    n = len(rows)
     print(
         f"\nlocal demo topology, {args.rps:g} rps, baseline {args.baseline:g} s, "
-        f"changed window ≤ {args.cap:g} s"
+        f"changed window ≤ {args.cap:g} s, "
+        f"margins {MARGIN.latency_ms:g} ms / {MARGIN.latency_pct:g} % / {MARGIN.error_rate_pct:g} pts; "
+        f"receiver: {stats['written_spans']} spans written, {stats['dropped_spans']} dropped"
     )
-    print(f"top-1 accuracy: {_share(int(frame['hit1'].sum()), n)}")
-    print(f"top-2 accuracy: {_share(int(frame['hit2'].sum()), n)}")
-    print(
-        f"verdict (a culprit named) in {len(found)}/{n} trials; named the wrong service in "
-        f"{int((found['verdict'] != found['service']).sum())}"
-    )
-    t = found["seconds"]
-    if len(t):
-        print(
-            f"time from change to verdict: median {t.median():.1f} s, "
-            f"p90 {t.quantile(0.9):.1f} s, max {t.max():.1f} s"
+    print(f"{'':14s}{'traces':>34s}   {'access logs':>34s}")
+    for label, key in (("top-1", "hit1"), ("top-2", "hit2")):
+        cells = [_share(sum(r[m][key] for r in rows), n) for m in METHODS]
+        print(f"{label + ' accuracy':14s}{cells[0]:>34s}   {cells[1]:>34s}")
+    for method in METHODS:
+        found = [r for r in rows if r[method]["verdict"] != "none"]
+        wrong = sum(r[method]["verdict"] != r["service"] for r in found)
+        t = pd.Series([r[method]["seconds"] for r in found], dtype=float)
+        timing = (
+            f"time from change to verdict: median {t.median():.1f} s, p90 {t.quantile(0.9):.1f} s, "
+            f"max {t.max():.1f} s"
+            if len(t)
+            else "no verdict"
         )
-    print(
-        f"by kind: delays {frame[frame['change'].str.endswith('ms')]['hit1'].mean():.0%} top-1, "
-        f"errors {frame[frame['change'].str.endswith('errors')]['hit1'].mean():.0%} top-1"
-    )
+        delays = [r[method]["hit1"] for r in rows if r["change"].endswith("ms")]
+        errors = [r[method]["hit1"] for r in rows if r["change"].endswith("errors")]
+        print(
+            f"{method}: a culprit named in {len(found)}/{n} trials, wrong in {wrong}; {timing}; "
+            "top-1 on delays "
+            f"{sum(delays)}/{len(delays)}, on errors {sum(errors)}/{len(errors)}"
+        )
     print(f"benchmark wall time {time.time() - started:.0f} s")
 
 

@@ -22,12 +22,14 @@ def test_up_status_down(tmp_path: Path) -> None:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "local mesh up, mode serveronly" in up.stdout and "Prometheus: http://127.0.0.1:" in up.stdout
-        # apps, inbound sidecars, Prometheus, the process and audit exporters: they outlive `up`
-        assert len(processes_using(state)) == 8 + 8 + 3
+        # apps, inbound sidecars, Prometheus, the process and audit exporters, the span receiver:
+        # they outlive `up`
+        assert len(processes_using(state)) == 8 + 8 + 4
+        assert "Traces: 100 % sampled" in up.stdout
         again = run_workbench("local", "up", "--state-dir", str(state))
         assert again.returncode == 1 and "already running" in again.stderr
         ok = run_workbench("local", "status", "--state-dir", str(state))
-        assert ok.returncode == 0 and "all 19 processes running" in ok.stdout
+        assert ok.returncode == 0 and "all 20 processes running" in ok.stdout
         victim = json.loads((state / "state.json").read_text())["processes"]
         pid = next(p["pid"] for p in victim if p["name"] == "envoy reviews-v2-inbound")
         os.kill(pid, signal.SIGKILL)

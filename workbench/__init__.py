@@ -11,7 +11,8 @@ import graph and fails on a cycle or an upward import)::
     backends/  ───────►  metrics/ (Prometheus, dialects)  ──►  stats/  ──►  analysis/
     local mesh |          load/ (k6, result files, sweeps,      compare,     topology,
     kubernetes            host CPU, capacity search)            trials,      localization,
-                                                                sequential   proxy cost
+                          traces/ (spans: receiver, readers,    sequential   proxy cost,
+                                   critical path, export)                    request flows
          │ every change                                                    │
          ▼                                                                 ▼
       audit/  (hash-chained log + exporter)        suite/ (runner, kernel) ─► report/ (HTML, CI)

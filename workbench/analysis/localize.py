@@ -68,6 +68,7 @@ __all__ = [
     "edges_from_logs",
     "hops",
     "localize",
+    "localize_spans",
     "localize_telemetry",
     "parse_lines",
     "read_access_logs",
@@ -389,6 +390,7 @@ class Localization:
     culprit: str | None
     explanation: str
     upstream: dict[str, list[str]] = field(default_factory=dict)  # service -> services that call it
+    evidence: str = ""  # what the self-times came from: traces, access logs or telemetry
 
     def to_frame(self) -> pd.DataFrame:
         """One row per service, best suspect first."""
@@ -452,7 +454,9 @@ def _ancestors(service: str, upstream: Mapping[str, list[str]]) -> list[str]:
     return seen
 
 
-def _rank(changes: list[ServiceChange], method: str, upstream: dict[str, list[str]]) -> Localization:
+def _rank(
+    changes: list[ServiceChange], method: str, upstream: dict[str, list[str]], evidence: str = ""
+) -> Localization:
     def key(c: ServiceChange) -> tuple[float, float]:
         p = c.decisive.pvalue if c.decisive is not None and math.isfinite(c.decisive.pvalue) else 1.0
         return (-c.score if math.isfinite(c.score) else math.inf, p)
@@ -467,6 +471,7 @@ def _rank(changes: list[ServiceChange], method: str, upstream: dict[str, list[st
             None,
             f"No service's own time or originated errors changed beyond the margin{best}.",
             upstream,
+            evidence,
         )
     errors = top.decisive.metric == "error_rate"
     what = "originates the new errors" if errors else "is the bottleneck: its own time grew"
@@ -489,7 +494,7 @@ def _rank(changes: list[ServiceChange], method: str, upstream: dict[str, list[st
     others = [c.service for c in ranking[1:] if c.verdict == "worse"]
     if others:
         text += f" Also worse: {', '.join(others)}."
-    return Localization(ranking, method, top.service, text, upstream)
+    return Localization(ranking, method, top.service, text, upstream, evidence)
 
 
 def _upstream(edges: pd.DataFrame) -> dict[str, list[str]]:
@@ -509,12 +514,15 @@ def localize(
     alpha: float = 0.05,
     edges: pd.DataFrame | None = None,
     common_mode: bool = True,
+    evidence: str = "access logs",
 ) -> Localization:
     """Rank services by the change of their self-time and originated errors, per request.
 
     ``baseline`` and ``changed``: the :func:`hops` of each window (or raw access-log frames,
-    converted here). ``edges`` (:func:`edges_from_logs`) names who calls whom, for the sentence
-    that says which callers only pass the change on; taken from the logs when given raw.
+    converted here), or hops from traces (``analysis.traces.hops_from_spans``, with
+    ``evidence="traces"``; :func:`localize_spans` does both). ``edges`` (:func:`edges_from_logs`,
+    or ``analysis.traces.flow_edges``) names who calls whom, for the sentence that says which
+    callers only pass the change on; taken from the logs when given raw.
 
     ``common_mode``: a busy host (other processes, CPU contention) stretches every service's
     self-time at once, which is not any one service's doing. Each window's self-time statistics
@@ -557,12 +565,30 @@ def localize(
         change.passed_on_errors = (passed[0], passed[1])
         change.raw_self_ms = (float(a["self_ms"].median()), float(b["self_ms"].median()))
         changes.append(change)
+    how = (
+        "traces (exact parent/child): self = the service's span time not spent waiting on a child"
+        if evidence == "traces"
+        else "Envoy access logs: self = inbound time - slowest linked call"
+    )
     method = (
-        "per request from Envoy access logs: self = inbound time - slowest linked call; "
+        f"per request from {how}; "
         f"windows of {window_s:g} s{'; common-mode slowdown removed' if common_mode else ''}; "
         "ranked by the lower confidence bound of the increase / margin"
     )
-    return _rank(changes, method, _upstream(edges) if edges is not None else {})
+    return _rank(changes, method, _upstream(edges) if edges is not None else {}, evidence)
+
+
+def localize_spans(baseline: Any, changed: Any, **options: Any) -> Localization:
+    """:func:`localize` from two span tables (``workbench.traces.spans``): each window's traces are
+    analysed (``traces.critical``), reduced to per-visit self times and originated errors
+    (``analysis.traces.hops_from_spans``) and ranked; ``evidence`` is ``traces``."""
+    from workbench.analysis.traces import flow_edges, hops_from_spans
+    from workbench.traces.critical import analyse
+
+    cps = [analyse(x) for x in (baseline, changed)]
+    h = [hops_from_spans(x, cp) for x, cp in zip((baseline, changed), cps, strict=True)]
+    edges = pd.concat([flow_edges(x, cp) for x, cp in zip((baseline, changed), cps, strict=True)])
+    return localize(h[0], h[1], edges=edges, evidence="traces", **options)
 
 
 def _common_mode(
@@ -685,7 +711,7 @@ def localize_telemetry(
         "per window from Prometheus histograms: self = mean inbound time - max over callees of the mean "
         f"edge time; {window_s:g} s windows; ranked by the lower confidence bound of the increase / margin"
     )
-    return _rank(changes, method, _upstream(edges))
+    return _rank(changes, method, _upstream(edges), "telemetry")
 
 
 def split_at(

@@ -47,11 +47,13 @@ class Edge:
     p50_ms: float
     p99_ms: float
     versions: dict[str, float] = field(default_factory=dict)  # destination version -> rps
+    cp_ms: float = float("nan")  # traces: mean time per request this call holds the critical path
 
     @property
     def label(self) -> str:
         p99 = f" · p99 {self.p99_ms:.3g} ms" if math.isfinite(self.p99_ms) else ""
-        return f"{self.rps:.3g} rps · {100 * _nan0(self.error_rate):.2g}% err{p99}"
+        cp = f" · cp {self.cp_ms:.3g} ms" if math.isfinite(self.cp_ms) else ""
+        return f"{self.rps:.3g} rps · {100 * _nan0(self.error_rate):.2g}% err{p99}{cp}"
 
 
 @dataclass
@@ -101,8 +103,9 @@ class ServiceGraph:
                 for v, r in zip(group["version"], w, strict=True)
                 if str(v) and r > 0
             }
+            cp = float(group["cp_ms"].sum()) if "cp_ms" in group.columns else np.nan
             edges.append(
-                Edge(src, dst, req, err, req / seconds, err / req if req else np.nan, p50, p99, versions)
+                Edge(src, dst, req, err, req / seconds, err / req if req else np.nan, p50, p99, versions, cp)
             )
             for name in (src, dst):
                 nodes.setdefault(name, Node(name, "client" if name in CLIENTS else "service"))
@@ -145,6 +148,23 @@ class ServiceGraph:
             .reset_index()
         )
         return cls.from_edges(rows, seconds, "Envoy access logs (per request)")
+
+    @classmethod
+    def from_spans(cls, spans: Any, cp: Any = None) -> ServiceGraph:
+        """From traces (a ``traces.spans`` table; ``cp`` its ``traces.critical.analyse``): exact
+        parent/child calls, with each edge's critical-path time (``analysis.traces.flow_edges``)."""
+        from workbench.analysis.traces import flow_edges
+        from workbench.traces.critical import analyse
+
+        if spans.num_rows == 0:
+            return cls({}, [], 0.0, "traces (empty)")
+        cp = cp if cp is not None else analyse(spans)
+        rows = flow_edges(spans, cp)
+        t = cp.traces[cp.traces["root"] >= 0]
+        seconds = (
+            float((t["start_us"] + t["duration_us"]).max() - t["start_us"].min()) / 1e6 if len(t) else 0.0
+        )
+        return cls.from_edges(rows, seconds or 1.0, "traces (exact parent/child, critical path)")
 
     @classmethod
     def from_telemetry(cls, frame: pd.DataFrame, window_s: float | None = None) -> ServiceGraph:
@@ -262,7 +282,8 @@ class ServiceGraph:
         return {(e.source, e.destination) for e in self.edges}
 
     def to_frame(self) -> pd.DataFrame:
-        """The per-edge table: rps, error rate (%), p50/p99 (ms), versions' rps."""
+        """The per-edge table: rps, error rate (%), p50/p99 (ms), versions' rps; from traces also
+        ``cp_ms``, the mean time per request the edge holds the critical path."""
         rows = [
             {
                 "source": e.source,
@@ -273,10 +294,13 @@ class ServiceGraph:
                 "p50_ms": e.p50_ms,
                 "p99_ms": e.p99_ms,
                 "versions": ", ".join(f"{v} {r:.3g} rps" for v, r in sorted(e.versions.items())),
+                "cp_ms": e.cp_ms,
             }
             for e in self.edges
         ]
         cols = ["source", "destination", "rps", "requests", "error_pct", "p50_ms", "p99_ms", "versions"]
+        if any(math.isfinite(e.cp_ms) for e in self.edges):
+            cols.append("cp_ms")
         return pd.DataFrame(rows, columns=cols)
 
     def mark(self, service: str, note: str) -> ServiceGraph:

@@ -62,7 +62,7 @@ def open_backend(
         return Opened(attached)
     if progress is not None:
         progress(f"starting a local mesh (mode {wanted})")
-    mesh = LocalMesh(mode=wanted, topology=settings.topology)  # type: ignore[arg-type]
+    mesh = LocalMesh(**{**settings.mesh_options(), "mode": wanted})  # type: ignore[arg-type]
     try:
         mesh.start()
     except BaseException:

@@ -41,6 +41,9 @@ def _running(state_dir: Path) -> bool:
 def up(
     mode: Annotated[str, typer.Option(help="Sidecar mode: none, serveronly, both, both-mtls.")] = "both",
     topology: Annotated[Path | None, typer.Option(help="YAML file replacing the demo topology.")] = None,
+    tracing: Annotated[
+        str, typer.Option(help="Percent of requests traced (Envoy's tracer, span receiver), or 'off'.")
+    ] = "100",
     state_dir: StateDir = None,
 ) -> None:
     """Start the local mesh in the background and print its services and endpoints."""
@@ -52,6 +55,13 @@ def up(
     if mode not in MODES:
         err.print(f"--mode: must be one of {', '.join(MODES)} (got {mode!r})")
         raise typer.Exit(ExitCode.INVALID)
+    try:
+        sampling = None if tracing == "off" else float(tracing)
+        if sampling is not None and not 0 <= sampling <= 100:
+            raise ValueError
+    except ValueError:
+        err.print(f"--tracing: must be a percentage 0-100 or 'off' (got {tracing!r})")
+        raise typer.Exit(ExitCode.INVALID) from None
     directory = _state_dir(state_dir)
     if _running(directory):
         err.print(
@@ -62,7 +72,7 @@ def up(
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     try:
-        mesh = LocalMesh(mode=mode, topology=topology, run_dir=directory, detached=True)  # type: ignore[arg-type]
+        mesh = LocalMesh(mode=mode, topology=topology, run_dir=directory, detached=True, tracing=sampling)  # type: ignore[arg-type]
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(ExitCode.INVALID) from None
@@ -85,6 +95,8 @@ def up(
     out.print(
         f"Prometheus: {mesh.prometheus_url()}   processes: {len(mesh.supervisor.procs)}   state: {directory}"
     )
+    if sampling is not None:
+        out.print(f"Traces: {sampling:g} % sampled, spans in {mesh.traces_dir} (part-*.parquet)")
     out.print("Stop it with: workbench local down")
 
 

@@ -52,12 +52,52 @@ LoadModel = Literal["open", "closed"]
 # Backend
 
 
+class Tracing(Strict):
+    """Envoy's own tracer on every sidecar (and the demo apps' spans), received on loopback."""
+
+    sampling: Percent = 100.0  # percent of requests traced
+    tracer: Literal["opentelemetry", "zipkin"] = "opentelemetry"
+
+
 class LocalSettings(Strict):
     """The embedded mesh on 127.0.0.1: real Envoy sidecars, demo app, Prometheus, k6."""
 
     type: Literal["local"]
     mode: Mode = "both"
     topology: str | None = Field(default=None, description="YAML file replacing the demo topology")
+    tracing: Tracing | None = Tracing()  # null: no tracer, no receiver (apps still propagate context)
+
+    def mesh_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``LocalMesh`` for these settings (mode, topology, tracing)."""
+        t = self.tracing
+        return {"mode": self.mode, "topology": self.topology, "tracing": t.sampling if t else None,
+                "tracer": t.tracer if t else "opentelemetry"}  # fmt: skip
+
+
+class TraceStore(Strict):
+    """Where a cluster's traces are read: exactly one of Jaeger's query API or Tempo's HTTP API."""
+
+    jaeger: HttpUrl | None = None
+    tempo: HttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TraceStore:
+        if (self.jaeger is None) == (self.tempo is None):
+            raise ValueError("give exactly one of 'jaeger' (query API URL) or 'tempo' (HTTP API URL)")
+        return self
+
+    def kind(self) -> str:
+        return "jaeger" if self.jaeger is not None else "tempo"
+
+    def client(self) -> Any:
+        """A ``traces.jaeger.JaegerClient`` or ``traces.tempo.TempoClient`` for the URL."""
+        if self.jaeger is not None:
+            from workbench.traces.jaeger import JaegerClient
+
+            return JaegerClient(str(self.jaeger))
+        from workbench.traces.tempo import TempoClient
+
+        return TempoClient(str(self.tempo))
 
 
 class KubernetesSettings(Strict):
@@ -70,6 +110,7 @@ class KubernetesSettings(Strict):
     mesh: Literal["auto", "istio", "linkerd", "consul", "gateway-api"] = "auto"
     # Telemetry dialect of prometheus_url; default: the mesh's own (needed with mesh: gateway-api).
     dialect: Literal["istio", "linkerd", "consul", "envoy"] | None = None
+    traces: TraceStore | None = None  # the cluster's Jaeger or Tempo, for traces experiments
 
 
 BackendSettings = Annotated[Union[LocalSettings, KubernetesSettings], Field(discriminator="type")]  # noqa: UP007
@@ -353,6 +394,27 @@ class Topology(_Loaded):
         return (self.duration or 0) + (self.warmup or 0)
 
 
+class Traces(_Loaded):
+    """Request flows from traces: waterfalls, critical paths, shares at p50/p99, what changed."""
+
+    kind: Literal["traces"]
+    rps: Rps = 150.0
+    connections: Connections = 16
+    compare: bool = True  # two halves: which service's critical-path self time changed
+    change: Change | None = None  # a known change applied for the second half (local mesh)
+    slowest: Annotated[int, Field(ge=1, le=50)] = 5  # waterfalls of the slowest requests
+    request_id: str | None = None  # also draw the waterfall of this x-request-id
+    sampling: Percent | None = None  # local mesh: sample this percent during the run
+    limit: Annotated[int, Field(ge=1, le=100_000)] = 1000  # cluster: traces read from Jaeger/Tempo
+
+    def plan(self) -> str:
+        halves = ", two halves compared" if self.compare else ""
+        return f"traced load at {_nums([self.rps])} rps{halves}, slowest {self.slowest} drawn"
+
+    def planned_seconds(self) -> float:
+        return (self.duration or 0) + (self.warmup or 0)
+
+
 class Audit(_Experiment):
     """Release audit log: verify the hash chain and summarize changes."""
 
@@ -368,7 +430,7 @@ class Audit(_Experiment):
 
 
 Experiment = Annotated[
-    Union[LoadTest, MeshCompare, AB, Canary, Authz, Resilience, Topology, Audit],  # noqa: UP007
+    Union[LoadTest, MeshCompare, AB, Canary, Authz, Resilience, Topology, Traces, Audit],  # noqa: UP007
     Field(discriminator="kind"),
 ]
 KINDS: tuple[str, ...] = tuple(

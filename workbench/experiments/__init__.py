@@ -16,6 +16,7 @@ NOTEBOOKS = {
     "resilience": "resilience",
     "audit": "audit",
     "topology": "topology",
+    "traces": "traces",
 }
 
 __all__ = ["NOTEBOOKS", "ExperimentResult", "Session", "open_session"]

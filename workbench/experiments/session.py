@@ -42,7 +42,7 @@ PROGRESS_ENV = "WORKBENCH_PROGRESS_FILE"  # the runner tails this file to show p
 
 QUICK_MIN_DURATION_S = 2.0
 # enough windows of enough requests to judge (a canary's: per step)
-QUICK_MIN_BY_KIND = {"ab": 10.0, "mesh_compare": 4.0, "canary": 5.0}
+QUICK_MIN_BY_KIND = {"ab": 10.0, "mesh_compare": 4.0, "canary": 5.0, "traces": 8.0}
 VERDICT_SEVERITY: dict[str, Severity] = {"worse": "worse", "inconclusive": "inconclusive", "better": "ok",
                                          "equivalent": "ok"}  # fmt: skip
 
@@ -185,7 +185,8 @@ class Session:
         if attached is not None:
             return nullcontext(attached)
         # a mesh started for a sweep needs none of the workbench's telemetry: the sidecars' cost is
-        # measured from their processes, the rest from k6 and the access logs
+        # measured from their processes, the rest from k6 and the access logs; nor tracing (its cost would
+        # be in the figures)
         return LocalMesh(mode=mode, topology=backend.topology, telemetry=False)  # type: ignore[arg-type]
 
     @contextmanager
@@ -324,8 +325,8 @@ def open_session(
 def quick_spec(spec: Any) -> Any:
     """The same experiment, shortened for a smoke run (``--quick``).
 
-    A fifth of each duration (at least 2 s; an A/B 10 s, a canary step 5 s), warm-up at most 1 s,
-    windows short enough for >= 4 per phase, sweeps cut to their first and last values, one
+    A fifth of each duration (at least 2 s; an A/B 10 s, a canary step 5 s, traces 8 s), warm-up at
+    most 1 s, windows short enough for >= 4 per phase, sweeps cut to their first and last values, one
     repetition; a mesh comparison keeps its baseline and its last mode at its first connection
     count, one trial of 8 s (at least) per mode. Interleaved trials are what full runs are for.
     """

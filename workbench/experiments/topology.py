@@ -9,7 +9,10 @@ views (JSON), and the phase times. A change is undone in a ``finally``.
 ``analyse`` is pure over those files: the graph (from the access logs, else from telemetry; on a
 cluster completed by its objects), the per-edge table, and — unless ``localize: false`` —
 ``workbench.analysis.localize`` ranks the services by the change of their self-time and originated errors
-between the halves, names the culprit and marks it on the graph.
+between the halves, names the culprit and marks it on the graph. When the local mesh traces
+(``backend.tracing``), the run's spans are stored too (``spans.parquet``) and localization uses
+them (exact parent/child links); otherwise the access logs, otherwise telemetry — the headline
+and ``figures["localization_evidence"]`` say which.
 """
 
 from __future__ import annotations
@@ -27,14 +30,18 @@ import plotly.graph_objects as go
 from workbench.analysis import localize as loc
 from workbench.analysis.proxycost import FLUSH_S
 from workbench.analysis.topology import ServiceGraph
+from workbench.analysis.traces import traces_between
 from workbench.backends.base import Behaviours
 from workbench.experiments.session import ExperimentResult, Session
 from workbench.load.results import LoadProfile
 from workbench.metrics import dialects
 from workbench.metrics.histogram import Histogram
 from workbench.report.plots import COLOURS, styled
+from workbench.traces import critical
+from workbench.traces import spans as sp
 
 LOGS = "access_logs"
+SPANS = "spans.parquet"
 PROM_WINDOW_S = 5  # Envoy flushes its histograms to /stats every 5 s (counters: live)
 
 
@@ -57,12 +64,37 @@ def run(s: Session) -> None:
         }
         s.save_json("sidecars.json", sidecars)
         tail = loc.AccessLogTail(Path(mesh.run_dir) / "envoy", sidecars).skip()
+    spans_tail = (
+        sp.SpanTail(mesh.traces_dir).skip() if local and getattr(mesh, "sampling", None) is not None else None
+    )
+    phases: list[dict[str, Any]] = []
+    try:
+        phases = load_in_halves(s, mesh, halves, local)
+    finally:
+        if tail is not None:
+            time.sleep(2.5 if spans_tail is not None else FLUSH_S)  # the logs' flush interval; spans ~2 s
+            _store_logs(s.store / LOGS, tail.read_raw())
+        if spans_tail is not None:
+            sp.write(spans_tail.read(), s.store / SPANS)
+    if phases:
+        _store_telemetry(s, mesh, phases[0]["start"], phases[-1]["end"])
+
+
+def load_in_halves(
+    s: Session, mesh: Any, halves: list[tuple[str, float]], local: bool, after_warmup: Any = None
+) -> list[dict[str, Any]]:
+    """Warm-up (then ``after_warmup()``), then each half's load on ``spec.service`` — the spec's
+    ``change`` applied before the ``changed`` half and undone in a ``finally`` — saving
+    ``phases.json`` as each half ends; returns the phases (name, start, end)."""
+    spec = s.spec
     phases: list[dict[str, Any]] = []
     undo: tuple[str, str, dict[str, Any]] | None = None
     try:
         if spec.warmup:
             s.progress(f"warm-up: {spec.rps:g} rps for {spec.warmup:g} s")
             mesh.run_load(spec.service, _profile(spec, spec.warmup, s.seed))
+        if after_warmup is not None:
+            after_warmup()
         for name, seconds in halves:
             if name == "changed" and spec.change is not None:
                 undo = _apply(mesh, spec.change, local)
@@ -77,11 +109,7 @@ def run(s: Session) -> None:
     finally:
         if undo is not None:
             mesh.set_behaviour(undo[0], undo[1], **undo[2])
-        if tail is not None:
-            time.sleep(FLUSH_S)  # the sidecars flush their access logs this often
-            _store_logs(s.store / LOGS, tail.read_raw())
-    if phases:
-        _store_telemetry(s, mesh, phases[0]["start"], phases[-1]["end"])
+    return phases
 
 
 def _profile(spec: Any, seconds: float, seed: int | None) -> LoadProfile:
@@ -240,16 +268,9 @@ def analyse(s: Session) -> ExperimentResult:
     if spec.localize and len(phases) == 2:
         result = _localize(s, phases, logs, telemetry, prom)
         if result is not None:
-            details["localization"] = result
-            tables["ranking"] = result.to_frame()
-            figures["culprit"] = result.culprit
+            verdict, severity = record_localization(result, graph, details, tables, figures)
             figures["ranking"] = result.top(len(result.ranking))
-            if result.culprit:
-                graph.mark(result.culprit, result.explanation)
-                verdict, severity = "culprit found", "worse"
-            else:
-                verdict = "no change"
-            headline += ". " + result.explanation
+            headline += f". Localized from {result.evidence}: " + result.explanation
             checks = [
                 {
                     "name": f"self:{c.service}",
@@ -266,6 +287,25 @@ def analyse(s: Session) -> ExperimentResult:
     )  # type: ignore[arg-type]
 
 
+def record_localization(
+    result: loc.Localization,
+    graph: ServiceGraph,
+    details: dict[str, Any],
+    tables: dict[str, Any],
+    figures: dict[str, Any],
+) -> tuple[str, str]:
+    """Put a localization into an experiment's result parts (culprit ringed on the graph); return
+    (verdict, severity): ``culprit found``/``worse`` or ``no change``/``ok``."""
+    details["localization"] = result
+    tables["ranking"] = result.to_frame()
+    figures["culprit"] = result.culprit
+    figures["localization_evidence"] = result.evidence
+    if result.culprit:
+        graph.mark(result.culprit, result.explanation)
+        return "culprit found", "worse"
+    return "no change", "ok"
+
+
 def _localize(
     s: Session,
     phases: list[dict[str, Any]],
@@ -273,8 +313,15 @@ def _localize(
     telemetry: dict[str, pd.DataFrame],
     prom: dict[str, Any],
 ) -> loc.Localization | None:
+    """Traces when stored (exact parent/child), else access logs, else per-window telemetry."""
     (b0, b1), (c0, c1) = ((p["start"], p["end"]) for p in phases)
     window = _window_s(s, min(b1 - b0, c1 - c0))
+    if (s.store / SPANS).exists():
+        table = sp.read(s.store / SPANS)
+        cp = critical.analyse(table)
+        halves = [traces_between(table, cp, lo, hi) for lo, hi in ((b0, b1), (c0, c1))]
+        if all(h.num_rows for h in halves):
+            return loc.localize_spans(*halves, window=window, margin=s.margin, alpha=s.spec.alpha)
     if logs is not None and len(logs):
         a = logs[(logs["start"] >= b0) & (logs["start"] <= b1)]
         b = logs[(logs["start"] >= c0) & (logs["start"] <= c1)]

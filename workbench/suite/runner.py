@@ -42,7 +42,7 @@ from workbench.suite.kernel import SuiteKernel
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 RUN_FILE = "run.json"
-SHARED_BACKEND_KINDS = {"loadtest", "ab", "canary", "authz", "resilience"}
+SHARED_BACKEND_KINDS = {"loadtest", "ab", "canary", "authz", "resilience", "traces"}
 
 Echo = Callable[[str], None]
 
@@ -355,7 +355,7 @@ def _shared_mesh(
         yield attached.run_dir
         return
     echo(f"starting the local mesh (mode {cfg.backend.mode}) ...")
-    with LocalMesh(mode=cfg.backend.mode, topology=cfg.backend.topology) as mesh:
+    with LocalMesh(**cfg.backend.mesh_options()) as mesh:
         mesh.save_state()
         yield mesh.run_dir
 

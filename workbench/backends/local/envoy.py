@@ -40,6 +40,9 @@ FILE_LOG = T + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 TLS_DOWN = T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TLS_UP = T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 HTTP_OPTS = T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+OTEL = T + "envoy.config.trace.v3.OpenTelemetryConfig"
+ZIPKIN = T + "envoy.config.trace.v3.ZipkinConfig"
+TRACES_CLUSTER = "workbench_traces"
 
 # Envoy records request times in whole milliseconds; these buckets keep the low end useful.
 RQ_TIME_BUCKETS_MS = [
@@ -144,6 +147,24 @@ class MeshView:
     traffic: dict[str, TrafficPolicy]  # service -> policy applied by callers
     policies: dict[str, Policy]  # service -> authorization policy
     certs: dict[str, CertFiles] | None  # identity -> files, in both-mtls mode
+    tracing: Tracing | None = None  # Envoy's own tracer on every sidecar, exporting to the receiver
+
+
+@dataclass
+class Tracing:
+    """Envoy's tracer on every sidecar: where spans go and how many requests are sampled.
+
+    ``tracer``: ``opentelemetry`` (OTLP/HTTP protobuf to ``/v1/traces``, W3C ``traceparent``) or
+    ``zipkin`` (Zipkin v2 JSON to ``/api/v2/spans``, B3 headers, ``shared_span_context: false`` so
+    client and server spans are distinct). ``sampling``: percent of new traces sampled, decided at
+    the first sidecar a request meets and followed downstream; changeable live through the admin
+    runtime key ``tracing.random_sampling`` (``LocalMesh.set_sampling``).
+    """
+
+    port: int  # the span receiver on 127.0.0.1
+    sampling: float = 100.0
+    tracer: str = "opentelemetry"
+    flush_ms: int = 1000  # Envoy's export interval (runtime tracing.<tracer>.flush_interval_ms)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +187,8 @@ def bootstrap(sc: Sidecar, view: MeshView) -> dict[str, Any]:
             "resource_api_version": "V3",
             "path_config_source": {"path": str(sc.path("cds"))},
         }
+    if view.tracing is not None:
+        static.setdefault("clusters", []).append(_static_cluster(TRACES_CLUSTER, view.tracing.port))
     out: dict[str, Any] = {
         "node": {"id": sc.name, "cluster": sc.identity},
         "admin": {"address": _addr(sc.admin_port)},
@@ -190,7 +213,65 @@ def bootstrap(sc: Sidecar, view: MeshView) -> dict[str, Any]:
     }
     if dynamic:
         out["dynamic_resources"] = dynamic
+    if view.tracing is not None:
+        out["layered_runtime"] = tracing_runtime(view.tracing)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing
+
+
+def tracing_provider(sc: Sidecar, t: Tracing) -> dict[str, Any]:
+    """The HCM ``tracing`` block: Envoy's OpenTelemetry or Zipkin tracer exporting to the receiver."""
+    if t.tracer == "zipkin":
+        provider: dict[str, Any] = {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": ZIPKIN,
+                "collector_cluster": TRACES_CLUSTER,
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+                "shared_span_context": False,
+                "trace_id_128bit": True,
+            },
+        }
+    elif t.tracer == "opentelemetry":
+        provider = {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": OTEL,
+                "service_name": sc.identity,
+                "http_service": {
+                    "http_uri": {
+                        "uri": f"http://127.0.0.1:{t.port}/v1/traces",
+                        "cluster": TRACES_CLUSTER,
+                        "timeout": "1s",
+                    }
+                },
+            },
+        }
+    else:
+        raise ValueError(f"tracer must be opentelemetry or zipkin (got {t.tracer!r})")
+    return {"random_sampling": {"value": t.sampling}, "provider": provider}
+
+
+def tracing_runtime(t: Tracing) -> dict[str, Any]:
+    """Runtime layers: export every ``flush_ms`` in batches (Envoy's default posts every 5 spans),
+    and an admin layer so ``/runtime_modify`` can change ``tracing.random_sampling`` live."""
+    prefix = f"tracing.{t.tracer}"
+    return {
+        "layers": [
+            {
+                "name": "tracing",
+                "static_layer": {
+                    f"{prefix}.flush_interval_ms": t.flush_ms,
+                    f"{prefix}.min_flush_spans": 100000,
+                },
+            },
+            {"name": "admin", "admin_layer": {}},
+        ]
+    }
 
 
 def listeners(sc: Sidecar, view: MeshView) -> list[dict[str, Any]]:
@@ -213,6 +294,7 @@ def listeners(sc: Sidecar, view: MeshView) -> list[dict[str, Any]]:
         },
         "http_filters": filters,
         "generate_request_id": True,
+        **({"tracing": tracing_provider(sc, view.tracing)} if view.tracing is not None else {}),
         "access_log": [
             {
                 "name": "envoy.access_loggers.file",
@@ -239,7 +321,10 @@ def listeners(sc: Sidecar, view: MeshView) -> list[dict[str, Any]]:
         }
         hcm["forward_client_cert_details"] = "SANITIZE_SET"
         hcm["set_current_client_cert_details"] = {"uri": True}
-    return [{"name": sc.direction, "address": _addr(sc.listen_port), "filter_chains": [chain]}]
+    listener = {"name": sc.direction, "address": _addr(sc.listen_port), "filter_chains": [chain]}
+    if view.tracing is not None:  # the span kind: server (ingress) or client (egress)
+        listener["traffic_direction"] = sc.direction.upper()
+    return [listener]
 
 
 def clusters(sc: Sidecar, view: MeshView) -> list[dict[str, Any]]:
@@ -495,7 +580,7 @@ def _static_equivalent(files: dict[str, Any]) -> dict[str, Any]:
                 hcm.pop("rds", None)
                 hcm["route_config"] = route_config
     if "cds" in files:
-        boot["static_resources"]["clusters"] = [
+        boot["static_resources"]["clusters"] = boot["static_resources"].get("clusters", []) + [
             {k: v for k, v in x.items() if k != "@type"} for x in files["cds"]["resources"]
         ]
     return boot

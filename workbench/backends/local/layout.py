@@ -45,6 +45,7 @@ class Layout:
     prometheus_port: int = 0
     procstats_port: int = 0  # process CPU/RSS exporter scraped by Prometheus
     audit_port: int = 0  # audit log exporter (workbench_release_info, ...) scraped by Prometheus
+    traces_port: int = 0  # span receiver (OTLP/HTTP, Zipkin) when tracing is on
 
     @property
     def sidecars(self) -> list[Sidecar]:
@@ -70,6 +71,7 @@ class Layout:
             "prometheus_port": self.prometheus_port,
             "procstats_port": self.procstats_port,
             "audit_port": self.audit_port,
+            "traces_port": self.traces_port,
             "apps": {s: {v: a.port for v, a in vs.items()} for s, vs in self.apps.items()},
             "sidecars": [
                 {k: (str(v) if isinstance(v, Path) else v) for k, v in sc.__dict__.items()}
@@ -83,6 +85,7 @@ class Layout:
         layout = cls(
             state["mode"], Path(state["run_dir"]), apps, prometheus_port=state["prometheus_port"],
             procstats_port=state.get("procstats_port", 0), audit_port=state.get("audit_port", 0),
+            traces_port=state.get("traces_port", 0),
         )  # fmt: skip
         for raw in state["sidecars"]:
             sc = Sidecar(**{**raw, "directory": Path(raw["directory"])})
@@ -102,7 +105,7 @@ def plan(
     versions = [(s, v) for s, spec in topology.services.items() for v in spec.versions]
     n_in = len(versions) if mode != "none" else 0
     n_out = len(versions) + 1 if mode in ("both", "both-mtls") else 0
-    ports = iter(free_ports(len(versions) + 2 * n_in + 2 * n_out + 3))
+    ports = iter(free_ports(len(versions) + 2 * n_in + 2 * n_out + 4))
     apps: dict[str, dict[str, AppInstance]] = {}
     for s, v in versions:
         apps.setdefault(s, {})[v] = AppInstance(s, v, next(ports))
@@ -131,4 +134,5 @@ def plan(
     layout.prometheus_port = next(ports)
     layout.procstats_port = next(ports)
     layout.audit_port = next(ports)
+    layout.traces_port = next(ports)
     return layout

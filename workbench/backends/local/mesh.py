@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,8 @@ class LocalMesh:
         wait_for_metrics: bool = True,
         audit_log: str | Path | None = None,
         telemetry: bool = True,
+        tracing: float | None = None,
+        tracer: str = "opentelemetry",
     ):
         self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.mode: Mode = mode
@@ -127,6 +129,12 @@ class LocalMesh:
         self.wait_for_metrics = wait_for_metrics  # block start() until Prometheus has scraped all
         # Prometheus, the process exporter and the audit exporter: the workbench's own observers
         self.telemetry = telemetry
+        # Tracing: percent of requests sampled (None: off; the apps still propagate trace context)
+        if tracing is not None and not 0 <= tracing <= 100:
+            raise BackendError(f"tracing sampling must be a percentage 0-100 (got {tracing})")
+        if tracer not in ("opentelemetry", "zipkin"):
+            raise BackendError(f"tracer must be opentelemetry or zipkin (got {tracer!r})")
+        self.sampling, self.tracer = tracing, tracer
         self.layout: Layout | None = None
         self.supervisor = Supervisor(self.run_dir / "logs", detached=detached)
         self.traffic: dict[str, ev.TrafficPolicy] = {
@@ -192,6 +200,7 @@ class LocalMesh:
             self.certs = make_certs(self.run_dir / "certs", identities)
         self._write_all_envoy_files()
         py = sys.executable
+        receiver = self._start_receiver() if self.sampling is not None else None
         apps: list[Managed] = []
         for service, versions in layout.apps.items():
             for version, app in versions.items():
@@ -233,6 +242,9 @@ class LocalMesh:
             )
         for proc, url in observers:
             wait_ready(proc, http_ok(url), self.ready_timeout, self.supervisor)
+        if receiver is not None:
+            ready = http_ok(f"http://127.0.0.1:{layout.traces_port}/healthz")
+            wait_ready(receiver, ready, self.ready_timeout, self.supervisor)
         if self.wait_for_metrics and self.telemetry:
             self._wait_scraped(len(targets))
         self._record("mesh started", "mesh", None, {"mode": self.mode})
@@ -385,6 +397,65 @@ class LocalMesh:
         self._record("resilience", service, before, after)
         return writes
 
+    # -----------------------------------------------------------------------------------------
+    # Tracing
+
+    @property
+    def traces_dir(self) -> Path:
+        """Where the span receiver writes its part files (``part-*.parquet``) and ``receiver.json``."""
+        return self.run_dir / "traces"
+
+    def sidecar_map(self) -> dict[str, dict[str, str]]:
+        """Sidecar name -> service, version, direction (resolves Envoy's ``node_id`` span tag)."""
+        return {
+            sc.name: {"service": sc.service, "version": sc.version, "direction": sc.direction}
+            for sc in self._layout().sidecars
+        }
+
+    def trace_stats(self) -> dict[str, Any]:
+        """The receiver's counters: spans received, dropped (queue full), invalid, written."""
+        if self.sampling is None:
+            raise BackendError("tracing is off on this mesh: start it with tracing=<percent sampled>")
+        port = self._layout().traces_port
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/stats", timeout=2).json()
+        except requests.RequestException as exc:
+            raise BackendError(f"the span receiver on port {port} does not answer: {exc}") from None
+
+    def set_sampling(self, percent: float) -> None:
+        """Sample ``percent`` of new requests from now on: every sidecar's ``tracing.random_sampling``
+        runtime value (admin ``/runtime_modify``; Envoy takes whole percents there, so it is rounded)
+        and the apps' own root decisions (mode ``none``)."""
+        if self.sampling is None:
+            raise BackendError("tracing is off on this mesh: start it with tracing=<percent sampled>")
+        if not 0 <= percent <= 100:
+            raise BackendError(f"sampling must be a percentage 0-100 (got {percent})")
+        self._apply_sampling(percent)
+        before, self.sampling = self.sampling, percent
+        self._record("tracing", "mesh", {"sampling": before}, {"sampling": percent})
+
+    def _apply_sampling(self, percent: float) -> None:
+        layout = self._layout()
+        for sc in layout.sidecars:  # Envoy reads this runtime value as a whole percentage
+            url = f"http://127.0.0.1:{sc.admin_port}/runtime_modify"
+            resp = requests.post(url, params={"tracing.random_sampling": str(round(percent))}, timeout=5)
+            if resp.status_code != 200:
+                raise BackendError(f"{sc.name} refused the sampling change: {resp.text.strip()}")
+        for versions in layout.apps.values():
+            for app in versions.values():
+                requests.put(
+                    f"http://127.0.0.1:{app.port}/admin/sampling", json={"sampling": percent}, timeout=5
+                )
+
+    def _start_receiver(self) -> Managed:
+        directory = self.traces_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "sidecars.json").write_text(json.dumps(self.sidecar_map()))
+        port = str(self._layout().traces_port)
+        argv = [sys.executable, "-m", "workbench.traces.receiver", str(directory), port,
+                "--sidecars", str(directory / "sidecars.json")]  # fmt: skip
+        return self.supervisor.start("span receiver", argv, labels={"kind": "traces"})
+
     def prometheus_url(self) -> str:
         assert self.layout is not None, "mesh not started"
         if not self.telemetry:
@@ -395,17 +466,24 @@ class LocalMesh:
     def quiet(self) -> Iterator[None]:
         """Pause this mesh's Prometheus scraping for the block (the exporters then sit idle), so
         a measurement elsewhere on the machine does not pay for it; scraping resumes after, also
-        on error. A mesh without telemetry has nothing to pause."""
-        if not self.telemetry or self.layout is None:
-            yield
-            return
-        config = self.run_dir / "prometheus" / "prometheus.yml"
-        original = config.read_text()
-        try:
-            prom.pause(config, self.prometheus_url())
-            yield
-        finally:
-            prom.resume(config, original, self.prometheus_url())
+        on error. A mesh without telemetry has nothing to pause.
+
+        Tracing is the other observer: sampling drops to 0 for the block (Envoy's tracer and the
+        span receiver then cost nothing) and returns to its setting after."""
+        with ExitStack() as stack:
+            if self.layout is not None and self.sampling:
+                self._apply_sampling(0)
+                stack.callback(self._apply_sampling, self.sampling)
+            if not self.telemetry or self.layout is None:
+                yield
+                return
+            config = self.run_dir / "prometheus" / "prometheus.yml"
+            original = config.read_text()
+            try:
+                prom.pause(config, self.prometheus_url())
+                yield
+            finally:
+                prom.resume(config, original, self.prometheus_url())
 
     def load_target(self, service: str) -> LoadTarget:
         """Where load for ``service`` enters: the loadgen sidecar, or the service directly."""
@@ -535,6 +613,7 @@ class LocalMesh:
             "prometheus_url": self.prometheus_url() if self.telemetry else None,
             "telemetry": self.telemetry,
             "audit_log": str(self.audit.path),
+            "tracing": {"sampling": self.sampling, "tracer": self.tracer},
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -552,8 +631,11 @@ class LocalMesh:
                 f"no local mesh state in {run_dir}: start one with 'workbench local up'"
             ) from None
         layout = Layout.from_state(state["layout"])
+        tracing = state.get("tracing") or {}
         mesh = cls(mode=layout.mode, topology=Topology(**state["topology"]), run_dir=run_dir, detached=True,
-                   audit_log=state.get("audit_log"), telemetry=state.get("telemetry", True))  # fmt: skip
+                   audit_log=state.get("audit_log"), telemetry=state.get("telemetry", True),
+                   tracing=tracing.get("sampling"),
+                   tracer=tracing.get("tracer", "opentelemetry"))  # fmt: skip
         mesh.layout = layout
         for proc in state["processes"]:
             mesh.supervisor.adopt(proc)
@@ -599,7 +681,11 @@ class LocalMesh:
         return f"{service}-{next(iter(versions.versions))}"
 
     def _view(self) -> ev.MeshView:
-        return ev.MeshView(self._layout().inbound_ports(), self.traffic, self.policies, self.certs)
+        layout = self._layout()
+        tracing = None
+        if self.sampling is not None:
+            tracing = ev.Tracing(layout.traces_port, self.sampling, self.tracer)
+        return ev.MeshView(layout.inbound_ports(), self.traffic, self.policies, self.certs, tracing)
 
     def _write_all_envoy_files(self) -> None:
         view = self._view()
@@ -667,13 +753,17 @@ class LocalMesh:
             else:
                 urls = [f"http://127.0.0.1:{a.port}" for a in layout.apps[callee].values()]
             downstreams[callee] = {"urls": urls, "host": callee}
-        return {
+        spec = {
             "service": service,
             "version": version,
             "port": layout.apps[service][version].port,
             "behaviour": self.behaviours[service][version].model_dump(),
             "downstreams": downstreams,
         }
+        if self.sampling is not None:
+            url = f"http://127.0.0.1:{layout.traces_port}/v1/traces"
+            spec["tracing"] = {"url": url, "sampling": self.sampling, "tracer": self.tracer}
+        return spec
 
     def _scrape_targets(self) -> list[prom.ScrapeTarget]:
         layout = self._layout()
