@@ -69,3 +69,7 @@ def _isolated_audit_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         os.environ.pop("WORKBENCH_AUDIT_LOG", None)
     else:
         os.environ["WORKBENCH_AUDIT_LOG"] = old
+
+
+# The default suite's quick run, shared by the slow tests that read a real run (tests/suite_run.py).
+from suite_run import quick_run  # noqa: E402, F401
