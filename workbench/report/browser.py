@@ -55,6 +55,7 @@ LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "devtools:")
 BLOCKED = ["http://*", "https://*", "ws://*", "wss://*", "ftp://*"]
 FIGURE_DIV = re.compile(r'<div id="[^"]+" class="plotly-graph-div"')
 WINDOW = (1280, 1000)
+PAPER_IN, MARGIN_IN, PRINT_SCALE = (8.27, 11.69), 0.4, 0.75  # A4; the page is laid out 956 px wide
 DRAW_TIMEOUT_S = 30.0
 # Counts a page's plotly figures and those drawn (an SVG inside the plot: Plotly.newPlot ran).
 COUNT_FIGURES_JS = """
@@ -235,14 +236,23 @@ class Chromium:
         return target
 
     def pdf(self, page: Path, target: Path) -> Path:
-        """Print ``page`` (figures drawn first) to an A4 PDF with its backgrounds, as a reader would."""
-        self.open(page)
-        printed = self.driver.execute_cdp_cmd(
-            "Page.printToPDF",
-            {"printBackground": True, "paperWidth": 8.27, "paperHeight": 11.69, "marginTop": 0.4,
-             "marginBottom": 0.4, "marginLeft": 0.4, "marginRight": 0.4, "scale": 0.62,
-             "displayHeaderFooter": False},
-        )  # fmt: skip
+        """Print ``page`` to an A4 PDF with its backgrounds, as a reader would: laid out at the
+        paper's width (so figures fit), figures drawn before printing."""
+        width_px = round((PAPER_IN[0] - 2 * MARGIN_IN) * 96 / PRINT_SCALE)
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width_px, "height": self.window[1], "deviceScaleFactor": 1, "mobile": False},
+        )
+        try:
+            self.open(page)
+            printed = self.driver.execute_cdp_cmd(
+                "Page.printToPDF",
+                {"printBackground": True, "paperWidth": PAPER_IN[0], "paperHeight": PAPER_IN[1],
+                 "marginTop": MARGIN_IN, "marginBottom": MARGIN_IN, "marginLeft": MARGIN_IN,
+                 "marginRight": MARGIN_IN, "scale": PRINT_SCALE, "displayHeaderFooter": False},
+            )  # fmt: skip
+        finally:
+            self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".pdf.tmp")
         tmp.write_bytes(base64.b64decode(printed["data"]))

@@ -27,6 +27,14 @@ SEVERITY_STYLE = {
 }
 GROUP_STYLE = {"worse": "worse", "undecided": "inconclusive", "not worse": "ok", "could not run": "error"}
 MAX_FIGURES = 6
+PRINT_STYLE = """<style>
+@media print {
+  .jp-OutputArea-child, .plotly-graph-div, table, details { break-inside: avoid; }
+  .jp-RenderedHTMLCommon h2, .jp-RenderedHTMLCommon h3 { break-after: avoid; }
+  .modebar-container { display: none; }
+}
+</style>
+"""
 EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\ssrc=\"https?://[^\"]*\"[^>]*>\s*</script>", re.IGNORECASE)
 
 
@@ -49,8 +57,9 @@ def render_html(notebook: Path, target: Path, title: str) -> Path:
 
 def offline(html_text: str) -> str:
     """Drop external scripts (require.js and MathJax from a CDN): plotly.js is inlined, and with
-    require.js present it would register as an AMD module instead of ``window.Plotly``."""
-    return EXTERNAL_SCRIPT.sub("", html_text)
+    require.js present it would register as an AMD module instead of ``window.Plotly``. Add the
+    print rules (a figure or table is not split across pages)."""
+    return EXTERNAL_SCRIPT.sub("", html_text).replace("</head>", PRINT_STYLE + "</head>", 1)
 
 
 def write_index(reports: Path, run_id: str, run: dict[str, Any], results: list[dict[str, Any]]) -> Path:
@@ -128,7 +137,7 @@ th, td {{ border-bottom: 1px solid #ddd; padding: .5em .6em; text-align: left; v
 th {{ background: #f5f5f5; }}
 .verdict {{ padding: .15em .5em; border-radius: .3em; font-weight: 600; white-space: nowrap; }}
 .desc {{ color: #666; font-size: .85em; }}
-.figs {{ font-size: .85em; color: #333; }}
+.figs {{ font-size: .85em; color: #333; min-width: 16em; }}
 .num {{ text-align: right; white-space: nowrap; }}
 .summary {{ background: #fafafa; border: 1px solid #e0e0e0; border-radius: .4em; padding: .2em 1em .8em; }}
 .summary ul {{ margin: .3em 0 .6em; }} .sumgroup {{ margin: .6em 0; }}
