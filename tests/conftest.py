@@ -17,7 +17,7 @@ WORKBENCH = Path(sys.executable).parent / "workbench"
 
 
 def run_workbench(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 120
 ) -> subprocess.CompletedProcess:
     """Run the installed console script, as a user would."""
     full_env = {**os.environ, **(env or {})}
@@ -27,7 +27,7 @@ def run_workbench(
         text=True,
         cwd=cwd,
         env=full_env,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 

@@ -8,7 +8,6 @@ in Chromium and prints them.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import REPO, SHARED, WORKBENCH
+from conftest import REPO, SHARED, run_workbench
 
 MESH_MARK = "workbench-mesh-"
 
@@ -51,15 +50,8 @@ def suite_copy(tmp: Path) -> Path:
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(WORKBENCH), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env={**os.environ, "XDG_CACHE_HOME": str(cwd / "cache")},
-        check=False,
-    )
+    """``workbench ARGS`` in ``cwd``, with its own cache (the local mesh's state) there."""
+    return run_workbench(*args, env={"XDG_CACHE_HOME": str(cwd / "cache")}, cwd=cwd, timeout=timeout)
 
 
 class Run:

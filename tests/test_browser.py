@@ -24,7 +24,7 @@ from workbench.report import browser
 pytestmark = pytest.mark.slow
 
 MAX_REPORT_BYTES = 6 * 2**20
-FIGURE = r'<div id="[^"]+" class="plotly-graph-div"[^>]*></div>\s*<script type="text/javascript">'
+FIGURE = re.compile(r'<div\b[^>]*\bclass="plotly-graph-div"[^>]*></div>\s*<script\b.*?</script>', re.S)
 EXTERNAL = '<script src="https://cdn.example.com/plotly.min.js"></script>'
 
 
@@ -65,11 +65,9 @@ def test_every_page_draws_every_figure_without_errors_or_network(quick_run: Run,
 def _mutated(report: Path, tmp: Path, change: str) -> Path:
     text = report.read_text(encoding="utf-8")
     if change == "remove a figure":
-        div = re.search(FIGURE, text)
-        assert div is not None
-        start = text.rindex("<div", 0, div.start() + 1)
-        end = text.index("</script>", div.end()) + len("</script>")
-        text = text[:start] + text[end:]
+        figure = FIGURE.search(text)  # the plot's container and the script that draws it
+        assert figure is not None
+        text = text[: figure.start()] + text[figure.end() :]
     else:
         text = text.replace(
             "<head>", '<head><script src="https://cdn.example.com/plotly.min.js"></script>', 1
@@ -108,9 +106,11 @@ def _first_page_ink(pdf: Path, out: Path) -> float:
 
 
 def test_report_pdf_prints_the_index_and_every_report(quick_run: Run, tmp_path: Path) -> None:
-    proc = run_cli("report", quick_run.run_id, "--no-render", "--pdf", "--reports", str(quick_run.reports),
-                   "--data", str(quick_run.data.parent), cwd=quick_run.root)  # fmt: skip
+    """``workbench report RUN --no-render --pdf --check``: one Chromium checks and prints every page."""
+    args = ["--reports", str(quick_run.reports), "--data", str(quick_run.data.parent)]
+    proc = run_cli("report", quick_run.run_id, "--no-render", "--pdf", "--check", *args, cwd=quick_run.root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "index.html" in proc.stdout and "screenshots:" in proc.stdout
     pdf_dir = quick_run.reports / quick_run.run_id / "pdf"
     pages = {p.stem for p in (quick_run.reports / quick_run.run_id).glob("*.html")}
     assert {p.stem for p in pdf_dir.glob("*.pdf")} == pages
@@ -124,13 +124,6 @@ def test_report_pdf_prints_the_index_and_every_report(quick_run: Run, tmp_path: 
     with browser.Chromium() as b:
         b.pdf(blank, tmp_path / "blank.pdf")
     assert _first_page_ink(tmp_path / "blank.pdf", tmp_path / "blank") < 0.001  # the check can fail
-
-
-def test_report_check_from_the_command_line(quick_run: Run) -> None:
-    proc = run_cli("report", quick_run.run_id, "--no-render", "--check", "--reports", str(quick_run.reports),
-                   "--data", str(quick_run.data.parent), cwd=quick_run.root)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "index.html" in proc.stdout and "screenshots:" in proc.stdout
 
 
 def test_chromium_stops_with_its_block_also_on_an_error() -> None:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from workbench import __version__
-from workbench.cli import audit, ingest, local, run, validate
+from workbench.cli import audit, history, ingest, local, run, validate
 from workbench.cli import doctor as doctor_cmd
 from workbench.cli._common import out
 
@@ -45,6 +45,8 @@ app.command("ingest")(ingest.ingest)
 app.add_typer(audit.audit_app, name="audit")
 app.command("run")(run.run)
 app.command("report")(run.report)
+app.command("history")(history.history)
+app.command("compare")(history.compare)
 
 __all__ = ["app"]
 

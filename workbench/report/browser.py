@@ -53,7 +53,7 @@ CHROMIUM_FLAGS = (
 )
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "devtools:")
 BLOCKED = ["http://*", "https://*", "ws://*", "wss://*", "ftp://*"]
-FIGURE_DIV = re.compile(r'<div id="[^"]+" class="plotly-graph-div"')
+FIGURE_DIV = re.compile(r'<div\b[^>]*\bclass="plotly-graph-div"')  # attributes in either order
 WINDOW = (1280, 1000)
 PAPER_IN, MARGIN_IN, PRINT_SCALE = (8.27, 11.69), 0.4, 0.75  # A4; the page is laid out 956 px wide
 DRAW_TIMEOUT_S = 30.0
