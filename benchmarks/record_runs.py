@@ -113,8 +113,8 @@ def from_recording(config: str, work: Path, index: int, out: Path, resampled: bo
     }  # fmt: skip
     run_dir.mkdir(parents=True)
     report_json(run_dir / "run.json", run)
-    meta = {**sample_meta("k6", RECORDING, part, start, end, SLICE_S), "rps": 1000.0, "connections": 32,
-            "model": "open", "labels": {"service": "catalog"}}  # fmt: skip
+    meta = sample_meta("k6", RECORDING.relative_to(REPO), part, start, end, SLICE_S)
+    meta.update({"rps": 1000.0, "connections": 32, "model": "open", "labels": {"service": "catalog"}})
     storage.save(LoadResult(meta, part), run_dir / EXPERIMENT, "ab")
     open_session(work / config, EXPERIMENT, run_dir, replay=True).execute(ab)
     return run_dir
