@@ -14,6 +14,7 @@ import itertools
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,27 +87,36 @@ def test_one_run_per_side_is_inconclusive(tmp_path: Path) -> None:
     assert f"{UNKNOWN}: inconclusive" in p50.explain()
 
 
+def _cli(*args: str) -> Any:
+    """``workbench ARGS`` in this process (the commands' imports are paid once, not per call)."""
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
 def test_compare_command_gates_on_fail_on(tmp_path: Path) -> None:
     plain, slow = _releases()
-    same = run_workbench("compare", plain[0], plain[1], "--data", str(QUIET))
-    assert same.returncode == 0, same.stdout + same.stderr
-    assert "regressed: none" in same.stdout
-    worse = run_workbench("compare", plain[-1], slow[0], "--data", str(QUIET), "--experiment", "catalog-ab")
-    assert worse.returncode == 1, worse.stdout + worse.stderr
+    same = _cli("compare", plain[0], plain[1], "--data", str(QUIET))
+    assert same.exit_code == 0, same.output
+    assert "regressed: none" in same.output
+    worse = _cli("compare", plain[-1], slow[0], "--data", str(QUIET), "--experiment", "catalog-ab")
+    assert worse.exit_code == 1, worse.output
     assert (
-        "regressed: catalog-ab" in worse.stdout and "--fail-on worse: catalog-ab reached it" in worse.stderr
+        "regressed: catalog-ab" in worse.output and "--fail-on worse: catalog-ab reached it" in worse.output
     )
-    assert re.search(r"p50 .* \+\d\.\d+ ms \[\+\d\.\d+, \+\d\.\d+\] .*worse", worse.stdout), worse.stdout
+    assert re.search(r"p50 .* \+\d\.\d+ ms \[\+\d\.\d+, \+\d\.\d+\] .*worse", worse.output), worse.output
     for run_id in (plain[0], slow[0]):
         shutil.copytree(QUIET / run_id, tmp_path / run_id)
     alone = ["compare", plain[0], slow[0], "--data", str(tmp_path)]
-    undecided = run_workbench(*alone)
-    assert undecided.returncode == 0 and UNKNOWN in undecided.stdout
-    assert run_workbench(*alone, "--fail-on", "inconclusive").returncode == 1
-    missing = run_workbench("compare", "nope", "latest", "--data", str(SAMPLE))
-    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
-    bad = run_workbench("compare", plain[0], "latest", "--data", str(SAMPLE), "--fail-on", "sometimes")
-    assert bad.returncode == 2
+    undecided = _cli(*alone)
+    assert undecided.exit_code == 0 and UNKNOWN in undecided.output
+    assert _cli(*alone, "--fail-on", "inconclusive").exit_code == 1
+    missing = _cli("compare", "nope", "latest", "--data", str(QUIET))
+    assert missing.exit_code == 2 and "no run 'nope'" in missing.output
+    assert _cli("compare", plain[0], "latest", "--data", str(QUIET), "--fail-on", "sometimes").exit_code == 2
+    assert _cli("compare", "latest", "latest", "--data", str(QUIET)).exit_code == 2  # the same run twice
 
 
 def test_latest_and_latest_n_name_stored_runs() -> None:
