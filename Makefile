@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-test prometheus doctor demo test check lab lint bench clean
+.PHONY: help install install-test prometheus chromium doctor demo test check lab lint bench clean
 
 help:
 	@echo "make demo   set up, check the machine, run the default experiment suite on the local mesh"
@@ -46,6 +46,18 @@ prometheus:
 		exit 1; \
 	fi
 
+# Chromium and its WebDriver from Debian (one version, so they always match), and pdftoppm: the
+# browser tests open every report in headless Chromium; `workbench report --pdf` prints through it.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Chromium, chromium-driver and poppler-utils (Debian packages) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver poppler-utils >/dev/null || exit 1; \
+	else \
+		echo "Chromium is missing: run 'sudo apt-get install -y chromium chromium-driver poppler-utils' (or put chromium, chromedriver and pdftoppm on PATH), then re-run make."; \
+		exit 1; \
+	fi
+
 doctor: install
 	$(BIN)/workbench doctor
 
@@ -58,7 +70,7 @@ lint: install-test
 	$(BIN)/ruff check .
 
 # pytest exits 5 when it collects no test: that is a failure here, as any non-zero status is.
-test: install-test
+test: install-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest --nbval-lax

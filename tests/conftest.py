@@ -17,7 +17,7 @@ WORKBENCH = Path(sys.executable).parent / "workbench"
 
 
 def run_workbench(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 120
 ) -> subprocess.CompletedProcess:
     """Run the installed console script, as a user would."""
     full_env = {**os.environ, **(env or {})}
@@ -27,7 +27,7 @@ def run_workbench(
         text=True,
         cwd=cwd,
         env=full_env,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -69,3 +69,7 @@ def _isolated_audit_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         os.environ.pop("WORKBENCH_AUDIT_LOG", None)
     else:
         os.environ["WORKBENCH_AUDIT_LOG"] = old
+
+
+# The default suite's quick run, shared by the slow tests that read a real run (tests/suite_run.py).
+from suite_run import quick_run  # noqa: E402, F401

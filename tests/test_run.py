@@ -1,6 +1,7 @@
 """``workbench run --quick`` on the default suite: every notebook executes for real on the local mesh.
 
-One run (session fixture, ~3 min) feeds every test here: verdicts of the known-effect and A/A
+One run (the ``quick_run`` session fixture of conftest.py, ~3 min; tests/test_browser.py reads it
+too) feeds every test here: verdicts of the known-effect and A/A
 A/B tests, figures in every HTML report, the index page, re-rendering without load, and no process
 left behind.
 """
@@ -8,91 +9,19 @@ left behind.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
-from typing import Any
 
 import jsonschema
 import psutil
 import pytest
 import yaml
 
-from conftest import REPO, SHARED, WORKBENCH
+from suite_run import Run, mesh_processes, run_cli
 from workbench.report import ci
 
 pytestmark = pytest.mark.slow
-
-MESH_MARK = "workbench-mesh-"
-
-
-def _mesh_processes() -> set[int]:
-    pids = set()
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if MESH_MARK in " ".join(proc.info["cmdline"] or []):
-                pids.add(proc.pid)
-        except psutil.Error:
-            continue
-    return pids
-
-
-def _suite_copy(tmp: Path) -> Path:
-    """The default suite in a temp dir, fortio paths made absolute (dropped without ../shared)."""
-    doc = yaml.safe_load((REPO / "experiments.yaml").read_text())
-    kept = []
-    for exp in doc["experiments"]:
-        if "fortio_results" in exp:
-            if not SHARED.is_dir():
-                continue
-            exp["fortio_results"] = [str((REPO / p).resolve()) for p in exp["fortio_results"]]
-        kept.append(exp)
-    doc["experiments"] = kept
-    path = tmp / "experiments.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def _workbench(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(WORKBENCH), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env={**os.environ, "XDG_CACHE_HOME": str(cwd / "cache")},
-        check=False,
-    )
-
-
-class Run:
-    def __init__(self, root: Path, proc: subprocess.CompletedProcess, seconds: float, before: set[int]):
-        self.root, self.proc, self.seconds, self.mesh_before = root, proc, seconds, before
-        self.reports = root / "reports"
-        runs = sorted((root / "data" / "runs").iterdir())
-        assert len(runs) == 1, runs
-        self.data = runs[0]
-        self.run_id = self.data.name
-
-    def result(self, name: str) -> dict[str, Any]:
-        return json.loads((self.data / name / "result.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    root = tmp_path_factory.mktemp("suite")
-    config = _suite_copy(root)
-    before = _mesh_processes()
-    t0 = time.monotonic()
-    proc = _workbench(
-        "run", str(config), "--quick", "--seed", "7", "--reports", str(root / "reports"), cwd=root
-    )
-    seconds = time.monotonic() - t0
-    print(f"workbench run --quick: {seconds:.0f} s\n{proc.stdout}\n{proc.stderr}")
-    return Run(root, proc, seconds, before)
 
 
 def test_quick_suite_runs_every_experiment_and_gates_on_the_known_worse_ab(quick_run: Run) -> None:
@@ -183,7 +112,7 @@ def test_report_rerenders_from_stored_data_without_load(quick_run: Run) -> None:
     html = quick_run.reports / quick_run.run_id / "catalog-v2-ab.html"
     html.unlink()
     t0 = time.monotonic()
-    proc = _workbench(
+    proc = run_cli(
         "report",
         quick_run.run_id,
         "--reports",
@@ -202,7 +131,7 @@ def test_report_rerenders_from_stored_data_without_load(quick_run: Run) -> None:
 
 def test_the_run_leaves_no_process_behind(quick_run: Run) -> None:
     time.sleep(0.5)
-    assert _mesh_processes() <= quick_run.mesh_before
+    assert mesh_processes() <= quick_run.mesh_before
     kernels = [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
     assert not kernels
 

@@ -15,7 +15,9 @@ import graph and fails on a cycle or an upward import)::
                                    critical path, export)                    request flows
          │ every change                                                    │
          ▼                                                                 ▼
-      audit/  (hash-chained log + exporter)        suite/ (runner, kernel) ─► report/ (HTML, CI)
+      audit/  (hash-chained log + exporter)        suite/ (runner, kernel) ─► report/ (HTML, CI,
+                                                                  numbers, history, regressions,
+                                                                  browser checks, PDF, explorer)
                                                                                    │
                                                                            cli/ (``workbench``)
 

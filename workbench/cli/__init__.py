@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from workbench import __version__
-from workbench.cli import audit, export, ingest, local, run, validate
+from workbench.cli import audit, export, history, ingest, local, run, validate
 from workbench.cli import doctor as doctor_cmd
 from workbench.cli._common import out
 
@@ -46,6 +46,8 @@ app.add_typer(audit.audit_app, name="audit")
 app.add_typer(export.export_app, name="export")
 app.command("run")(run.run)
 app.command("report")(run.report)
+app.command("history")(history.history)
+app.command("compare")(history.compare)
 
 __all__ = ["app"]
 

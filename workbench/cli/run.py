@@ -114,15 +114,72 @@ def report(
     ],
     reports: Annotated[Path, typer.Option(help="Where the HTML reports go.")] = Path("reports"),
     data: Annotated[Path, typer.Option(help="Where runs are stored.")] = Path("data/runs"),
+    pdf: Annotated[
+        bool, typer.Option("--pdf", help="Also print the index and every report to reports/<run-id>/pdf/.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Open every page in headless Chromium: each figure drawn, no console error, no request "
+            "leaving the page; screenshots in reports/<run-id>/screenshots/. Exit 1 on a problem.",
+        ),
+    ] = False,
+    render: Annotated[
+        bool,
+        typer.Option(help="Re-analyse and re-render first; --no-render prints or checks the HTML as it is."),
+    ] = True,
 ) -> None:
-    """Re-analyse a stored run and re-render its reports, without generating any load."""
-    from workbench.suite.runner import rerender
+    """Re-analyse a stored run and re-render its reports, without generating any load.
+
+    --pdf and --check use Debian's Chromium and chromium-driver ('apt-get install -y chromium
+    chromium-driver'). Exit status: 0, 1 a page failed --check, 2 no such run, 3 Chromium missing.
+    """
+    if render:
+        from workbench.suite.runner import rerender
+
+        try:
+            outcome = rerender(
+                run_id, reports=reports, data_root=data, echo=lambda line: out.print(line, markup=False)
+            )
+        except FileNotFoundError as exc:
+            err.print(str(exc), markup=False)
+            raise typer.Exit(ExitCode.INVALID) from None
+        run_id = outcome.run_id
+        out.print(f"report: {outcome.index}")
+    if pdf or check:
+        _in_chromium(run_id, reports, data, pdf, check)
+
+
+def _in_chromium(run_id: str, reports: Path, data: Path, pdf: bool, check: bool) -> None:
+    from workbench.report import browser
+    from workbench.report.runs import RunNotFound, open_run
 
     try:
-        outcome = rerender(
-            run_id, reports=reports, data_root=data, echo=lambda line: out.print(line, markup=False)
-        )
-    except FileNotFoundError as exc:
+        run = open_run(data, run_id)
+    except RunNotFound as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(ExitCode.INVALID) from None
-    out.print(f"report: {outcome.index}")
+    run_reports = reports / run.run_id
+    if not (run_reports / "index.html").exists():
+        err.print(f"{run_reports}: no rendered reports (run 'workbench report {run.run_id}' first)")
+        raise typer.Exit(ExitCode.INVALID)
+    failed = False
+    try:
+        with browser.Chromium() as chromium:
+            if check:
+                for c in browser.check_run(run_reports, run.path, chromium):
+                    problems = "; ".join(c.problems) or "ok"
+                    out.print(f"  {c.page.name:<32} {c.figures_drawn:>2} figures  {c.open_s:5.2f} s  "
+                              f"{c.size_bytes / 1e6:5.1f} MB  {problems}", markup=False)  # fmt: skip
+                    failed |= not c.ok
+                out.print(f"screenshots: {run_reports / browser.SCREENSHOTS}")
+            if pdf:
+                printed = browser.print_run(run_reports, chromium)
+                out.print(f"pdf: {len(printed)} file(s) in {run_reports / browser.PDF_DIR}")
+    except browser.BrowserError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(ExitCode.COULD_NOT_RUN) from None
+    if failed:
+        err.print("--check: a page has problems (above)")
+        raise typer.Exit(ExitCode.FAILED)

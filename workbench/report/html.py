@@ -11,13 +11,13 @@ Layout::
 from __future__ import annotations
 
 import html
-import json
-import math
 import os
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from workbench.report import numbers
 
 SEVERITY_STYLE = {
     "ok": ("#e8f5e9", "#1b5e20"),
@@ -25,7 +25,16 @@ SEVERITY_STYLE = {
     "worse": ("#ffebee", "#b71c1c"),
     "error": ("#eceff1", "#37474f"),
 }
+GROUP_STYLE = {"worse": "worse", "undecided": "inconclusive", "not worse": "ok", "could not run": "error"}
 MAX_FIGURES = 6
+PRINT_STYLE = """<style>
+@media print {
+  .jp-OutputArea-child, .plotly-graph-div, table, details { break-inside: avoid; }
+  .jp-RenderedHTMLCommon h2, .jp-RenderedHTMLCommon h3 { break-after: avoid; }
+  .modebar-container { display: none; }
+}
+</style>
+"""
 EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\ssrc=\"https?://[^\"]*\"[^>]*>\s*</script>", re.IGNORECASE)
 
 
@@ -48,8 +57,9 @@ def render_html(notebook: Path, target: Path, title: str) -> Path:
 
 def offline(html_text: str) -> str:
     """Drop external scripts (require.js and MathJax from a CDN): plotly.js is inlined, and with
-    require.js present it would register as an AMD module instead of ``window.Plotly``."""
-    return EXTERNAL_SCRIPT.sub("", html_text)
+    require.js present it would register as an AMD module instead of ``window.Plotly``. Add the
+    print rules (a figure or table is not split across pages)."""
+    return EXTERNAL_SCRIPT.sub("", html_text).replace("</head>", PRINT_STYLE + "</head>", 1)
 
 
 def write_index(reports: Path, run_id: str, run: dict[str, Any], results: list[dict[str, Any]]) -> Path:
@@ -113,6 +123,7 @@ def _index_page(
     started = run.get("started", "")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     mode = "quick (smoke) run" if run.get("quick") else "full run"
+    history_link = "history.html" if prefix else "../history.html"
     older = ""
     if others:
         links = "".join(f'<li><a href="{e(o)}/index.html">{e(o)}</a></li>' for o in others)
@@ -126,12 +137,17 @@ th, td {{ border-bottom: 1px solid #ddd; padding: .5em .6em; text-align: left; v
 th {{ background: #f5f5f5; }}
 .verdict {{ padding: .15em .5em; border-radius: .3em; font-weight: 600; white-space: nowrap; }}
 .desc {{ color: #666; font-size: .85em; }}
-.figs {{ font-size: .85em; color: #333; }}
+.figs {{ font-size: .85em; color: #333; min-width: 16em; }}
 .num {{ text-align: right; white-space: nowrap; }}
+.summary {{ background: #fafafa; border: 1px solid #e0e0e0; border-radius: .4em; padding: .2em 1em .8em; }}
+.summary ul {{ margin: .3em 0 .6em; }} .sumgroup {{ margin: .6em 0; }}
+@media print {{ body {{ margin: 0; }} a {{ color: inherit; }} }}
 </style></head><body>
 <h1>Mesh Workbench — run {e(run_id)}</h1>
 <p>{e(mode)} of <code>{e(str(run.get("config", "")))}</code> on the {e(str(run.get("backend", "")))},
 started {e(started)}; {len(results)} experiments: {e(summary)}.</p>
+{summary_html(results, prefix)}
+<h2>Experiments</h2>
 <table><thead><tr><th>experiment</th><th>kind</th><th>verdict</th><th>reading</th><th>key figures</th>
 <th>time</th></tr></thead><tbody>
 {"".join(rows)}
@@ -139,34 +155,58 @@ started {e(started)}; {len(results)} experiments: {e(summary)}.</p>
 <p class=desc>Verdicts: worse / better / equivalent / inconclusive come from confidence intervals against the
 practical margins in experiments.yaml (README, "Statistics"). Data of this run: data/runs/{e(run_id)}/.
 Re-render without load: <code>workbench report {e(run_id)}</code>.</p>
+<p><a href="{e(history_link)}">History across runs</a> (each experiment's figures over the stored runs);
+regressions between two runs: <code>workbench compare RUN_A RUN_B</code>.</p>
 {older}
 </body></html>
 """
 
 
 def _figures_html(figures: dict[str, Any]) -> str:
-    parts = []
-    for key, value in list(figures.items())[: MAX_FIGURES * 2]:
-        if key.endswith("_ci") or len(parts) >= MAX_FIGURES:
+    """The key figures for people (``report.numbers``): units, intervals, verdicts joined."""
+    return "<br>".join(
+        f"{html.escape(name)}: {html.escape(text)}"
+        for name, text in numbers.key_figures(figures, MAX_FIGURES)
+    )
+
+
+def summary_html(results: list[dict[str, Any]], prefix: str = "") -> str:
+    """The index's opening: what was worse, what was not, what could not be decided and why."""
+    e = html.escape
+    groups = numbers.summarize_verdicts(results)
+    titles = {
+        "worse": "Worse",
+        "not worse": "Not worse",
+        "undecided": "Could not be decided",
+        "could not run": "Could not run",
+    }
+    items = []
+    for key, title in titles.items():
+        members = groups[key]
+        if not members:
             continue
-        ci = figures.get(f"{key}_ci")
-        text = _fmt(value)
-        if isinstance(ci, list | tuple) and len(ci) == 2:
-            text += f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-        parts.append(f"{html.escape(key.replace('_', ' '))}: {html.escape(text)}")
-    return "<br>".join(parts)
+        if key == "not worse":  # the name and its verdict are enough
+            body = ", ".join(f"{_link(r, prefix)} ({e(str(r.get('verdict', '')))})" for r in members)
+        else:  # why: the experiment's own sentence
+            body = "".join(
+                f"<li>{_link(r, prefix)}: {e(str(r.get('headline') or r.get('error') or ''))}</li>"
+                for r in members
+            )
+            body = f"<ul>{body}</ul>"
+        bg, fg = SEVERITY_STYLE[
+            {"worse": "worse", "undecided": "inconclusive", "not worse": "ok"}.get(key, "error")
+        ]
+        items.append(
+            f'<div class=sumgroup><span class=verdict style="background:{bg};color:{fg}">{title} '
+            f"({len(members)})</span> {body}</div>"
+        )
+    return f"<section class=summary><h2>Summary</h2>{''.join(items)}</section>"
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.3g}"
-    if value is None:
-        return "n/a"
-    if isinstance(value, dict | list):
-        return json.dumps(value)[:80]
-    return str(value)
+def _link(result: dict[str, Any], prefix: str) -> str:
+    name = html.escape(str(result.get("name", "")))
+    link = result.get("report")
+    return f'<a href="{html.escape(prefix + link)}">{name}</a>' if link else name
 
 
 def _seconds(value: Any) -> str:

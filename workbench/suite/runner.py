@@ -146,16 +146,20 @@ def run_suite(
 def _finish(
     reports: Path, data_dir: Path, run: dict[str, Any], results: list[dict[str, Any]], fail_on: ci.FailOn
 ) -> None:
-    """Index page, summary.json and junit.xml; then scrub every artifact of the run of secrets."""
+    """Index page, history page, summary.json and junit.xml; then scrub every artifact of secrets."""
+    from workbench.report.history import write_history
+
     run_id = data_dir.name
     report_html.write_index(reports, run_id, run, results)
+    history = write_history(reports, data_dir.parent)
     ci.write_artifacts(reports / run_id, run, results, fail_on)
     scrub = ci.Scrubber.from_environment()
     for path in [*(reports / run_id).glob("*"), *data_dir.glob("*.ipynb"), *data_dir.glob("*/result.json")]:
         if path.is_file():
             scrub.file(path)
-    if (reports / "index.html").exists():
-        scrub.file(reports / "index.html")
+    for page in (reports / "index.html", history):
+        if page.exists():
+            scrub.file(page)
 
 
 def tool_versions(cfg: cfgmod.Config) -> dict[str, str]:
