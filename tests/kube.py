@@ -826,3 +826,71 @@ def _assert_known(data: Any, back: Any, where: str) -> None:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# k6 output and pod logs, as load pods print them (chunks.py)
+
+K6_HEADER = "metric_name,timestamp,metric_value,scenario,status,extra_tags,metadata"
+
+
+def k6_csv(requests: int, base_ms: float = 1.0, noise: int = 0, start_us: int = 1_700_000_000_000_000) -> str:
+    """A k6 ``--out csv`` file (``--system-tags=status,scenario``) of ``requests`` measured requests with
+    latencies ``base_ms + i / 10`` ms, 10 ms apart, answered by v1 with 200; ``noise`` other k6 metric
+    rows per request (which load pods leave out) and the measured scenario's start."""
+    lines = [K6_HEADER, f"workbench_scenario_start,{start_us},{start_us / 1000:.0f},measure,,,"]
+    for i in range(requests):
+        ts = start_us + 10_000 * i
+        lines += [f"http_req_duration,{ts},{base_ms:.6f},measure,200,," for _ in range(noise)]
+        lines.append(f"workbench_req,{ts},{base_ms + i / 10:.6f},measure,200,tagged=0&version=v1,")
+    return "\n".join(lines) + "\n"
+
+
+def chunked_log(csv_text: str, chunk_rows: int, pod: str = "pod", exit_status: int | str = 0) -> str:
+    """What ``chunks.emitter`` prints for ``csv_text``: a Python twin of the shell (its grep, split and
+    awk), for API fakes; ``test_loadjob`` checks the two agree."""
+    import base64
+    import gzip
+    import hashlib
+    import re as _re
+
+    keep = [
+        ln
+        for ln in csv_text.splitlines()
+        if _re.match(r"^(metric_name|workbench_[a-z_]+|dropped_iterations),", ln)
+    ]
+    out, total = [f"WB-SAMPLES pod={pod}"], 0
+    parts = [keep[i : i + chunk_rows] for i in range(0, len(keep), chunk_rows)]
+    for seq, part in enumerate(parts):
+        tags: list[str] = []
+        rows = []
+        for line in part:
+            name, ts, value, scenario, status, extra = line.split(",")[:6]
+            if scenario != "measure":
+                continue
+            if name == "workbench_req":
+                if extra not in tags:
+                    tags.append(extra)
+                rows.append(f"0,{ts},{value},{status or 0},{tags.index(extra)}")
+            elif name == "workbench_scenario_start":
+                rows.append(f"1,{ts},{value},0,0")
+            elif name == "dropped_iterations":
+                rows.append(f"2,{ts},{value},0,0")
+        data = gzip.compress("".join(r + "\n" for r in rows).encode(), mtime=0)
+        out.append(f"WB-CHUNK {seq} {len(rows)} {hashlib.sha256(data).hexdigest()} {'|'.join(tags) or '-'}")
+        text = base64.b64encode(data).decode()
+        out += [text[i : i + 76] for i in range(0, len(text), 76)]
+        out.append(f"WB-CHUNK-END {seq}")
+        total += len(rows)
+    out.append(f"WB-DONE chunks={len(parts)} rows={total} exit={exit_status}")
+    return "\n".join(out) + "\n"
+
+
+def stamped(log: str, start: float, per_line_s: float) -> str:
+    """``log`` as ``GET .../log?timestamps=true`` returns it: each line after its RFC 3339 time."""
+    out = []
+    for i, line in enumerate(log.splitlines()):
+        t = start + i * per_line_s
+        whole = datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        out.append(f"{whole}.{round((t - int(t)) * 1e9):09d}Z {line}")
+    return "\n".join(out) + "\n"

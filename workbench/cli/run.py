@@ -59,7 +59,7 @@ def run(
         err.print(str(exc), markup=False)
         raise typer.Exit(ExitCode.INVALID) from None
     if dry_run:
-        _dry_run(cfg, selected)
+        _dry_run(cfg, selected, file)
         return
     from workbench import config  # the suite's imports (papermill, plotly, scipy) take seconds
     from workbench.report import ci
@@ -94,12 +94,13 @@ def run(
     raise typer.Exit(status)
 
 
-def _dry_run(cfg: object, selected: list[Any]) -> None:
+def _dry_run(cfg: object, selected: list[Any], file: Path) -> None:
     from workbench.errors import BackendError
     from workbench.suite.dryrun import plan_run
 
     try:
-        plan_run(cfg, selected, lambda line: out.print(line, markup=False, soft_wrap=True))  # type: ignore[arg-type]
+        plan_run(cfg, selected, lambda line: out.print(line, markup=False, soft_wrap=True), str(file),  # type: ignore[arg-type]
+                 file.read_text(encoding="utf-8"))  # fmt: skip
     except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(ExitCode.INVALID) from None

@@ -17,11 +17,19 @@ what actually happened from the timeline, so a run interrupted after 2 of 5 step
 
 Where the data comes from depends on the backend. The local mesh runs k6 here: each step's
 per-request samples (``step-<i>.json``). A backend that offers ``observe`` (the ``Observer`` seam: a
-Kubernetes cluster) is not loaded by the canary: the step waits its duration while the versions
-serve their **real traffic**, then reads each version's per-window requests, errors and latency
-histogram from the cluster's Prometheus (``step-<i>.telemetry.json``); the spec's rps/connections
-are not used there. Windows are then Prometheus' (aligned to multiples of ``window``, whole seconds,
-at least the scrape interval).
+Kubernetes cluster) reads each version's per-window requests, errors and latency histogram from the
+cluster's Prometheus once the step has run (``step-<i>.telemetry.json``; windows aligned to multiples
+of ``window``, whole seconds, at least the scrape interval), and the traffic is
+
+- **generated** when the spec sets ``rps``: one k6 load (``start_load``: a Job, or the k6 operator's
+  TestRun) drives the service through the mesh for the whole roll-out, at ``rps`` with
+  ``connections``, started before the first step and deleted after the last (also on failure);
+- **real** otherwise: the versions serve their own traffic, which must reach the per-window minimum
+  a look needs (``MIN_PER_WINDOW`` requests in at least ``MIN_WINDOWS`` windows of each version,
+  for the step's latency metrics; one request per window for error rate alone). A step short of it
+  waits, window by window, up to ``MAX_WAIT_FACTOR`` times its duration more, says so (progress
+  and a ``waiting for traffic`` event), then looks at what it has: a too thin arm is then judged by
+  the statistics' own ``no_data`` policy rather than by a guess.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +55,7 @@ from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult, empty_samples
 from workbench.metrics.histogram import Histogram, merge
 from workbench.report.plots import COLOURS, add_markers, interval_chart, styled
-from workbench.stats.compare import Margin
+from workbench.stats.compare import MIN_PER_WINDOW, MIN_WINDOWS, Margin
 from workbench.stats.sequential import Decision, SequentialTest
 from workbench.stats.windows import start_of, window_table
 
@@ -72,6 +80,8 @@ ACTION_STYLE = {  # decision markers: colour and symbol per action
     "inconclusive": ("#ff7f0e", "diamond"),
 }
 VERDICT_CODE = {"better": 0, "equivalent": 1, "inconclusive": 2, "worse": 3}
+MAX_WAIT_FACTOR = 2.0  # a step short of traffic waits at most this many times its duration more
+LOAD_MARGIN_S = 120.0  # the background load outlasts the planned roll-out (and its waits) by this
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,36 +272,12 @@ def run(s: Session) -> None:
     timeline = Timeline(s, plan)
     timeline.add("initial split", split=mesh.get_split(plan.service))
     test = plan.test()
-    n = len(plan.steps)
     frames: list[pd.DataFrame] = []
     outcome, reason = "failed", "the run ended before its first decision"
     with _sigterm_raises():
         try:
-            for i, st in enumerate(plan.steps, start=1):
-                weight, duration = st["weight"], st["duration_s"]
-                if weight >= 100:  # the promotion step: only reached when every look passed
-                    break
-                split = plan.split(weight)
-                mesh.set_split(plan.service, split)
-                timeline.add("split", split=split, reason=f"step {i}/{n}")
-                timeline.add("step start", step=i, weight=weight, duration_s=duration)
-                s.progress(f"canary step {i}/{n}: {weight}% to {plan.canary} for {duration:g} s")
-                warmup = float(spec.warmup or 0) if i == 1 else 0.0
-                data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup))
-                timeline.add("step end", step=i, weight=weight, requests=_requests(data), file=file)
-                frames.append(data)
-                decision = test.look(*_arms(frames, plan))
-                timeline.add("decision", **_decision_record(decision, i))
-                s.progress(
-                    f"canary step {i}/{n}: {weight}% look {decision.look}/{plan.looks}: {decision.action} "
-                    f"(alpha spent {decision.alpha_spent:.4g})"
-                )
-                if decision.action == "continue":
-                    continue
-                outcome = {"promote": "promoted", "rollback": "rolled back"}.get(decision.action, "")
-                outcome = outcome or ("paused" if plan.on_fail == "pause" else "inconclusive")
-                reason = "; ".join(decision.reasons)
-                break
+            with _background_load(s, mesh, plan, timeline) as load:
+                outcome, reason = _walk(s, mesh, plan, timeline, test, frames, load)
         except KeyboardInterrupt:
             outcome, reason = "interrupted", "interrupted (Ctrl-C / SIGINT)"
             raise
@@ -305,24 +291,131 @@ def run(s: Session) -> None:
             _finish(s, mesh, plan, timeline, outcome, reason)
 
 
-def _measure(s: Session, mesh: Any, plan: Plan, step: int, load: LoadProfile) -> tuple[pd.DataFrame, str]:
-    """One step's data, stored at once: k6 samples (local mesh), or the versions' real traffic observed
-    in telemetry over the step (an ``Observer`` backend: a cluster). Returns (data, file name)."""
+def _walk(
+    s: Session, mesh: Any, plan: Plan, timeline: Timeline, test: SequentialTest, frames: list[pd.DataFrame],
+    load: Any,
+) -> tuple[str, str]:  # fmt: skip
+    """The steps and their looks; (outcome, reason) of the last look (``failed`` if none decided)."""
+    spec, n = s.spec, len(plan.steps)
+    outcome, reason = "failed", "the run ended before its first decision"
+    for i, st in enumerate(plan.steps, start=1):
+        weight, duration = st["weight"], st["duration_s"]
+        if weight >= 100:  # the promotion step: only reached when every look passed
+            break
+        split = plan.split(weight)
+        mesh.set_split(plan.service, split)
+        timeline.add("split", split=split, reason=f"step {i}/{n}")
+        timeline.add("step start", step=i, weight=weight, duration_s=duration)
+        s.progress(f"canary step {i}/{n}: {weight}% to {plan.canary} for {duration:g} s")
+        warmup = float(spec.warmup or 0) if i == 1 else 0.0
+        data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup), timeline, load)
+        timeline.add("step end", step=i, weight=weight, requests=_requests(data), file=file)
+        frames.append(data)
+        decision = test.look(*_arms(frames, plan))
+        timeline.add("decision", **_decision_record(decision, i))
+        s.progress(
+            f"canary step {i}/{n}: {weight}% look {decision.look}/{plan.looks}: {decision.action} "
+            f"(alpha spent {decision.alpha_spent:.4g})"
+        )
+        if decision.action == "continue":
+            continue
+        outcome = {"promote": "promoted", "rollback": "rolled back"}.get(decision.action, "")
+        outcome = outcome or ("paused" if plan.on_fail == "pause" else "inconclusive")
+        reason = "; ".join(decision.reasons)
+        break
+    return outcome, reason
+
+
+def _background_load(s: Session, mesh: Any, plan: Plan, timeline: Timeline) -> AbstractContextManager[Any]:
+    """On an ``Observer`` backend with the spec's ``rps`` given: one load for the whole roll-out
+    (deleted when the block ends, whatever happens); else nothing to generate."""
+    spec = s.spec
+    if not isinstance(mesh, Observer) or "rps" not in spec.model_fields_set:
+        return nullcontext()
+    planned = float(spec.warmup or 0) + sum(st["duration_s"] for st in plan.steps) * (1 + MAX_WAIT_FACTOR)
+    load = profile(spec, planned + LOAD_MARGIN_S, 0.0)
+    s.progress(f"canary: generating {spec.rps:g} rps on {plan.service} with {spec.connections} connections "
+               "for the whole roll-out")  # fmt: skip
+    timeline.add("load start", rps=spec.rps, connections=spec.connections, planned_s=load.duration_s)
+    return mesh.start_load(plan.service, load)
+
+
+def traffic_minimum(metrics: list[str]) -> int:
+    """Requests per window a look needs in each arm: the most the step's latency metrics need
+    (``MIN_PER_WINDOW``: a p99 needs 100), 1 for error rate alone."""
+    return max([MIN_PER_WINDOW.get(m, 5) for m in metrics if m != "error_rate"] or [1])
+
+
+def short_of_traffic(frame: pd.DataFrame, plan: Plan) -> str:
+    """ "" when each version has ``MIN_WINDOWS`` windows with the minimum requests, else what is short."""
+    need = traffic_minimum(plan.metrics)
+    short = []
+    for version in (plan.stable, plan.canary):
+        rows = frame[frame["version"].astype(str) == version]
+        enough = int((rows["requests"] >= need).sum())
+        if enough < MIN_WINDOWS:
+            short.append(f"{version} {enough} of {MIN_WINDOWS} windows with >= {need} requests")
+    return "; ".join(short)
+
+
+def _measure(
+    s: Session,
+    mesh: Any,
+    plan: Plan,
+    step: int,
+    load: LoadProfile,
+    timeline: Timeline,
+    background: Any = None,
+) -> tuple[pd.DataFrame, str]:
+    """One step's data, stored at once: k6 samples (local mesh), or the versions' traffic observed in
+    telemetry over the step (an ``Observer`` backend: a cluster), waiting for traffic that falls short
+    of the per-window minimum (bounded, see the module docstring). Returns (data, file name)."""
     if not isinstance(mesh, Observer):
         result = mesh.run_load(plan.service, load)
         storage.save(result, s.store, f"step-{step}")
         return result.samples, f"step-{step}.json"
-    time.sleep(load.warmup_s)
+    _wait(load.warmup_s, background)
     start = time.time()
-    time.sleep(load.duration_s)
-    observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, time.time(), plan.window_s)
-    frame = pd.concat(
-        [f.assign(version=v) for v, f in observed.items()] or [pd.DataFrame(columns=TELEMETRY_COLUMNS)],
-        ignore_index=True,
-    )[TELEMETRY_COLUMNS]
+    _wait(load.duration_s, background)
+    frame = _observed(mesh, plan, start)
+    waited, bound = 0.0, MAX_WAIT_FACTOR * load.duration_s
+    while (short := short_of_traffic(frame, plan)) and waited < bound:
+        if waited == 0:
+            timeline.add("waiting for traffic", step=step, short=short, max_wait_s=bound)
+            s.progress(f"canary step {step}: traffic below the per-window minimum ({short}); waiting up to "
+                       f"{bound:g} s more")  # fmt: skip
+        pause = min(plan.window_s, bound - waited)
+        _wait(pause, background)
+        waited += pause
+        frame = _observed(mesh, plan, start)
+    if waited:
+        if short:
+            timeline.add("traffic short", step=step, short=short, waited_s=waited)
+            s.progress(f"canary step {step}: still short of traffic after {waited:g} s ({short}); looking "
+                       "at what there is")  # fmt: skip
+        else:
+            timeline.add("traffic enough", step=step, waited_s=waited)
     name = f"step-{step}{TELEMETRY_SUFFIX}"
     save_telemetry(frame, s.store / name)
     return frame, name
+
+
+def _observed(mesh: Any, plan: Plan, start: float) -> pd.DataFrame:
+    observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, time.time(), plan.window_s)
+    return pd.concat(
+        [f.assign(version=v) for v, f in observed.items()] or [pd.DataFrame(columns=TELEMETRY_COLUMNS)],
+        ignore_index=True,
+    )[TELEMETRY_COLUMNS]
+
+
+def _wait(seconds: float, background: Any) -> None:
+    """Sleep ``seconds``; with a background load, look at it every few seconds (a failed load stops
+    the roll-out with its error instead of leaving the steps without traffic)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 2.0))
+        if background is not None:
+            background.poll()
 
 
 def save_telemetry(frame: pd.DataFrame, path: Any) -> None:
