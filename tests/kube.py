@@ -539,6 +539,14 @@ MESH_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
     ],
 }
 _NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
+_POD_LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
+
+
+def _selected(obj: dict[str, Any], selector: str) -> bool:
+    """An equality label selector (``a=b,c=d``) matches the object's labels."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    pairs = [part.split("=", 1) for part in selector.split(",") if "=" in part]
+    return all(labels.get(k.strip()) == v.strip() for k, v in pairs)
 
 
 def _emulator_class() -> type:
@@ -550,6 +558,9 @@ def _emulator_class() -> type:
         async def __call__(self, raw_request: Any) -> Any:
             # Quirk 1: kmock parses /api/v1/namespaces[/<name>] as "namespace <name>, no resource" (a
             # 500, or a wrong object): serve Namespace reads from the stored objects here.
+            logs = _POD_LOG_PATH.match(raw_request.path)
+            if logs and raw_request.method == "GET":  # Quirk 5: pod logs (the fake kubelet writes them)
+                return _serve_log(self, logs.group(1), logs.group(2), raw_request.query)
             m = _NAMESPACES_PATH.match(raw_request.path)
             if m and raw_request.method == "GET":
                 await raw_request.read()
@@ -568,7 +579,15 @@ def _emulator_class() -> type:
                 if m.group(1) in live:
                     return aiohttp.web.json_response(live[m.group(1)])
                 return aiohttp.web.json_response(_not_found("namespaces", "", m.group(1)), status=404)
-            return await super().__call__(raw_request)
+            response = await super().__call__(raw_request)
+            selector = raw_request.query.get("labelSelector", "")
+            if selector and raw_request.method == "GET" and getattr(response, "body", None):
+                # Quirk 6: kmock lists ignore labelSelector; a real API server filters
+                doc = json.loads(response.body)
+                if isinstance(doc, dict) and isinstance(doc.get("items"), list):
+                    doc["items"] = [o for o in doc["items"] if _selected(o, selector)]
+                    return aiohttp.web.json_response(doc, status=response.status)
+            return response
 
         async def _handle(self, request: Any) -> Any:
             declared = {(r.group, r.version, r.plural) for r in self.resources}
@@ -629,6 +648,24 @@ def _emulator_class() -> type:
                 )
 
     return Emulator
+
+
+def _serve_log(emulator: Any, namespace: str, pod: str, query: Any) -> Any:
+    """``GET .../pods/<pod>/log`` from the fake kubelet's lines: ``timestamps``, ``sinceTime`` (whole
+    seconds, as the API server takes it), ``tailLines``."""
+    import aiohttp.web
+
+    lines = list(getattr(emulator, "pod_logs", {}).get((namespace, pod), []))
+    if not lines and (namespace, pod) not in getattr(emulator, "pod_logs", {}):
+        return aiohttp.web.json_response(_not_found("pods", "", pod), status=404)
+    since = query.get("sinceTime", "")
+    if since:
+        lines = [(t, ln) for t, ln in lines if t[:19] >= since[:19]]
+    if query.get("tailLines"):
+        lines = lines[-int(query["tailLines"]) :]
+    stamped = query.get("timestamps") == "true"
+    text = "".join(f"{t} {ln}\n" if stamped else f"{ln}\n" for t, ln in lines)
+    return aiohttp.web.Response(text=text, content_type="text/plain")
 
 
 def _not_found(plural: str, group: str, name: str) -> dict[str, Any]:
@@ -720,6 +757,29 @@ class KubeEmulator:
             return copy.deepcopy(self._emulator.objects[key].raw)
 
         return self._call(read)
+
+    def list(self, path: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every stored object of a type (``path`` like "batch/v1/jobs"), in ``namespace`` if given."""
+
+        def read() -> list[dict[str, Any]]:
+            import kmock
+
+            res = kmock.resource(path)
+            live = [(k, o) for k, o in self._emulator.objects.items() if k[0] == res and not o.deleted]
+            return [copy.deepcopy(o.raw) for k, o in live if namespace is None or k[1] == namespace]
+
+        return self._call(read)
+
+    def open_log(self, namespace: str, pod: str) -> None:
+        """A pod's (still empty) log: its container has started."""
+        self._emulator.__dict__.setdefault("pod_logs", {}).setdefault((namespace, pod), [])
+
+    def log(self, namespace: str, pod: str, line: str) -> None:
+        """Append a line to a pod's log (with the time it was written, as the kubelet keeps it)."""
+        now = datetime.now(UTC)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S") + f".{now.microsecond * 1000:09d}Z"
+        logs = self._emulator.__dict__.setdefault("pod_logs", {})
+        logs.setdefault((namespace, pod), []).append((stamp, line))
 
     def requests(self) -> list[tuple[str, str]]:
         """(method, path?query) of every request served through kmock (namespace reads excluded)."""

@@ -761,6 +761,7 @@ def test_backend_run_load_delegates_to_the_load_job(kube_api: Any, monkeypatch: 
         "parallelism": 2,
         "labels": {"backend": "kubernetes", "namespace": "shop", "service": "reviews"},
         "audit": backend.audit_workload,
+        "poll_s": backend.load_poll_s,
     }
     assert args[3].urls == ("http://reviews.shop.svc.cluster.local:9080",)
     with pytest.raises(BackendError, match="dry run: no load"):

@@ -70,11 +70,12 @@ Writes = list[dict[str, Any]]  # what a change wrote: manifests (cluster) or xDS
 
 @dataclass(frozen=True)
 class Service:
-    """A service of the mesh: its name, its versions (stable first) and what it calls."""
+    """A service of the mesh: its name, its versions (stable first) and what it calls (None: not known
+    — a cluster's objects do not say; its telemetry does)."""
 
     name: str
     versions: tuple[str, ...]
-    calls: tuple[str, ...] = ()
+    calls: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

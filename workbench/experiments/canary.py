@@ -25,8 +25,9 @@ of ``window``, whole seconds, at least the scrape interval), and the traffic is
   TestRun) drives the service through the mesh for the whole roll-out, at ``rps`` with
   ``connections``, started before the first step and deleted after the last (also on failure);
 - **real** otherwise: the versions serve their own traffic, which must reach the per-window minimum
-  a look needs (``MIN_PER_WINDOW`` requests in at least ``MIN_WINDOWS`` windows of each version,
-  for the step's latency metrics; one request per window for error rate alone). A step short of it
+  a look needs (``MIN_PER_WINDOW`` requests a window for the step's latency metrics — a p99 needs
+  100; one for error rate alone — in each of the step's whole windows, up to ``MIN_WINDOWS`` of them,
+  for each version). A step short of it
   waits, window by window, up to ``MAX_WAIT_FACTOR`` times its duration more, says so (progress
   and a ``waiting for traffic`` event), then looks at what it has: a too thin arm is then judged by
   the statistics' own ``no_data`` policy rather than by a guess.
@@ -346,15 +347,17 @@ def traffic_minimum(metrics: list[str]) -> int:
     return max([MIN_PER_WINDOW.get(m, 5) for m in metrics if m != "error_rate"] or [1])
 
 
-def short_of_traffic(frame: pd.DataFrame, plan: Plan) -> str:
-    """ "" when each version has ``MIN_WINDOWS`` windows with the minimum requests, else what is short."""
+def short_of_traffic(frame: pd.DataFrame, plan: Plan, elapsed_s: float) -> str:
+    """What is short ("" when nothing): each version needs the minimum requests in as many windows as
+    the step's ``elapsed_s`` spans (at most ``MIN_WINDOWS``, at least one)."""
     need = traffic_minimum(plan.metrics)
+    wanted = max(1, min(MIN_WINDOWS, int(elapsed_s // plan.window_s)))
     short = []
     for version in (plan.stable, plan.canary):
         rows = frame[frame["version"].astype(str) == version]
         enough = int((rows["requests"] >= need).sum())
-        if enough < MIN_WINDOWS:
-            short.append(f"{version} {enough} of {MIN_WINDOWS} windows with >= {need} requests")
+        if enough < wanted:
+            short.append(f"{version} {enough} of {wanted} windows with >= {need} requests")
     return "; ".join(short)
 
 
@@ -379,7 +382,7 @@ def _measure(
     _wait(load.duration_s, background)
     frame = _observed(mesh, plan, start)
     waited, bound = 0.0, MAX_WAIT_FACTOR * load.duration_s
-    while (short := short_of_traffic(frame, plan)) and waited < bound:
+    while (short := short_of_traffic(frame, plan, time.time() - start)) and waited < bound:
         if waited == 0:
             timeline.add("waiting for traffic", step=step, short=short, max_wait_s=bound)
             s.progress(f"canary step {step}: traffic below the per-window minimum ({short}); waiting up to "

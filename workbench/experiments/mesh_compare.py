@@ -17,6 +17,9 @@ windows to estimate run-to-run variation from).
 A decision matrix for "Istio, Linkerd or Consul?" puts the measured overhead beside the features
 each mesh documents (``mesh_features.yaml``, with a source URL per cell). The local Envoy sidecar
 stands for the Envoy-based meshes (Istio, Consul); Linkerd's own proxy is not measured here.
+
+``meshes`` (kube contexts, each with its mesh) compares meshes on clusters instead, with trials as
+replicates: ``mesh_compare_clusters.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import yaml
 
-from workbench.backends.base import BackendError
 from workbench.experiments.session import ExperimentResult, Session
 from workbench.load import storage
 from workbench.load.formats import read_any
@@ -65,11 +67,11 @@ def run(s: Session) -> None:
     if spec.fortio_results is not None:
         ingest(s)
         return
-    if spec.modes is None:
-        raise BackendError(
-            "mesh_compare 'meshes' compares meshes installed in a cluster; this version drives the local "
-            "mesh only (use 'modes' for local sidecar modes, or 'fortio_results' to ingest runs)"
-        )
+    if spec.meshes is not None:
+        from workbench.experiments import mesh_compare_clusters
+
+        mesh_compare_clusters.run(s)
+        return
     sweep = SweepSpec(
         service=spec.service, rps=(spec.rps,), connections=tuple(spec.connections), modes=tuple(spec.modes),
         repetitions=spec.trials, duration_s=spec.duration, warmup_s=spec.warmup or 0.0, model=spec.model,
@@ -249,6 +251,10 @@ def _proxy_cost(s: Session) -> pd.DataFrame:
 def analyse(s: Session) -> ExperimentResult:
     """Overhead per mode and connection count against the baseline, from the stored runs alone."""
     spec = s.spec
+    if spec.meshes is not None:
+        from workbench.experiments import mesh_compare_clusters
+
+        return mesh_compare_clusters.analyse(s)
     arms, fortio = _stored(s)
     base, names = order(s, arms)
     overhead = pd.DataFrame(_overhead_rows(s, arms, base, names, fortio))

@@ -161,9 +161,12 @@ class Session:
         return self._backend
 
     def mesh(self, mode: str) -> AbstractContextManager[Any]:
-        """A local mesh in sidecar ``mode``: the session's own when the mode matches, else a new one."""
+        """A local mesh in sidecar ``mode``: the session's own when the mode matches, else a new one.
+        On a cluster the one mode there is, ``cluster`` (its own data plane), is the backend itself."""
         backend = self.config.backend
         if backend.type != "local":
+            if mode == "cluster":
+                return nullcontext(self.backend())
             raise BackendError(f"sidecar modes are a local-mesh setting; the backend is {backend.type!r}")
         current = self._backend
         if current is None and self.mesh_state is not None:  # the runner's shared mesh
@@ -298,9 +301,11 @@ def quick_spec(spec: Any) -> Any:
     """The same experiment, shortened for a smoke run (``--quick``).
 
     A fifth of each duration (at least 2 s; an A/B 10 s, a canary step 5 s), warm-up at most 1 s,
-    windows short enough for >= 4 per phase, sweeps cut to their first and last values, one
+    windows short enough for >= 4 per phase (whole seconds, as a cluster's Prometheus windows are),
+    sweeps cut to their first and last values, one
     repetition; a mesh comparison keeps its baseline and its last mode at its first connection
-    count, one trial of 8 s (at least) per mode. Interleaved trials are what full runs are for.
+    count, one trial of 8 s (at least) per mode — across clusters (``meshes``) two trials, the least
+    an interval over trials needs. Interleaved trials are what full runs are for.
     """
     spec = spec.model_copy(deep=True)
     if getattr(spec, "duration", None):
@@ -313,7 +318,10 @@ def quick_spec(spec: Any) -> Any:
         values = getattr(spec, name, None)
         if isinstance(values, list) and len(values) > 2:
             setattr(spec, name, [values[0], values[-1]])
-    if getattr(spec, "kind", "") == "mesh_compare":
+    if getattr(spec, "kind", "") == "mesh_compare" and spec.meshes is not None:
+        spec.trials = 2  # across clusters the interval is over trials: two is the least that gives one
+        spec.connections = spec.connections[:1]
+    elif getattr(spec, "kind", "") == "mesh_compare":
         # one trial per mode, as long as two: the same windows, two fresh meshes (~7 s each) fewer
         spec.trials = 1
         if spec.duration:
@@ -326,8 +334,8 @@ def quick_spec(spec: Any) -> Any:
         spec.repetitions = 1
     durations = [getattr(spec, "duration", None) or math.inf]
     shortest = min([*durations, *[s.duration for s in getattr(spec, "steps", None) or []]])
-    if getattr(spec, "window", None) and math.isfinite(shortest):
-        spec.window = max(1.0, min(spec.window, shortest / 4))
+    if getattr(spec, "window", None) and math.isfinite(shortest):  # whole seconds: Prometheus' windows too
+        spec.window = max(1.0, float(math.floor(min(spec.window, shortest / 4))))
     return spec
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from workbench.errors import BackendError
 from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult
 from workbench.metrics.prometheus import Prometheus, PrometheusError
@@ -110,14 +111,19 @@ def _measure(mesh: Any, spec: SweepSpec, point: Point) -> LoadResult:
     result.meta.update(
         {"mode": point.mode, "repetition": point.repetition, "point": point.name, "requested_rps": point.rps}
     )
-    result.meta["proxy_cost"] = proxy_cost(mesh.prometheus_url(), result)
+    try:
+        url = mesh.prometheus_url()
+    except BackendError:  # a cluster without backend.prometheus_url: no proxy cost, the load still counts
+        url = ""
+    result.meta["proxy_cost"] = proxy_cost(url, result) if url else {}
     return result
 
 
 def proxy_cost(prometheus_url: str, result: LoadResult) -> dict[str, float]:
     """Sidecar CPU cores and RSS over the measured phase, and cores per 1000 achieved rps.
 
-    Reads the local mesh's process exporter (``workbench_process_*``). Keys: ``cpu_cores`` and
+    Reads the local mesh's process exporter (``workbench_process_*``; a cluster's Prometheus has none:
+    empty then). Keys: ``cpu_cores`` and
     ``rss_mib`` (all sidecars), ``*_client`` (the load generator's sidecar), ``*_server``
     (the target's inbound sidecars), and ``cpu_mcores_per_1000rps``. Empty when not available.
     """

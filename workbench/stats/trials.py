@@ -34,7 +34,9 @@ from workbench.stats.compare import MIN_PER_WINDOW, Margin, Verdict, _verdict
 from workbench.stats.interval import ConfidenceInterval
 from workbench.stats.windows import WindowInput, start_of, window_table
 
-__all__ = ["TrialComparison", "compare_trials", "per_trial"]
+__all__ = ["TrialComparison", "compare_trials", "per_trial", "trial_window"]
+
+MIN_P99_REQUESTS = MIN_PER_WINDOW["p99"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,14 @@ class TrialComparison:
             f"{self.metric} {direction}{size} [{lo:+.3g}, {hi:+.3g}] ({self.baseline:.3g} → "
             f"{self.candidate:.3g} ms, {self.n_trials} trials), {reading}: {self.verdict}"
         )
+
+
+def trial_window(duration_s: float, rate: float, min_requests: int = MIN_P99_REQUESTS) -> float:
+    """Equal windows per trial: ~duration/5, >= 1 s, long enough for ``min_requests`` at ``rate`` (a
+    p99 needs 100), at least 2 per trial — many enough to steady a trial's estimate, big enough for
+    its quantiles."""
+    target = max(1.0, duration_s / 5, min_requests / rate if rate > 0 else 0.0)
+    return duration_s / max(2, math.floor(duration_s / target))
 
 
 def per_trial(trials: Mapping[int, WindowInput], metrics: Sequence[str], window_s: float) -> pd.DataFrame:

@@ -282,10 +282,12 @@ class KubernetesBackend:
             "labels", {"backend": "kubernetes", "namespace": self.namespace, "service": service}
         )
         options.setdefault("audit", self.audit_workload)
+        options.setdefault("poll_s", self.load_poll_s)
         target = self.load_target(service)
         return run_load_job(self.cluster, self.namespace, profile, target, **options)  # type: ignore[call-arg]
 
     policy_settle_s = 5.0  # the control plane pushes a new policy to the proxies within seconds
+    load_poll_s = 2.0  # how often a running load's state and logs are read
 
     def requests_as(
         self, service: str, probes: Sequence[Probe], attempts: int = 3, timeout_s: float = 5.0
@@ -314,6 +316,30 @@ class KubernetesBackend:
             for i, got in zip(indexes, job.answers, strict=True):
                 answers[i] = got
         return answers
+
+    def start_load(self, service: str, profile: LoadProfile, **options: Any) -> Any:
+        """Load on ``service`` while the caller does something else (a canary's roll-out): a
+        ``loadjob.LoadRun`` to use as a context manager — started on entry, its state checked by
+        ``poll()``, deleted on exit whatever happens. Its samples are not collected (the canary reads
+        the versions' telemetry); its pods join the mesh (sidecars injected; in Istio's ambient mode
+        the namespace's ztunnel and waypoint carry them), so the split applies to its requests."""
+        if self.dry_run:
+            raise BackendError("dry run: no load is run against the cluster (the Job would be real traffic)")
+        prepare = load_class("workbench.backends.kubernetes.loadjob.prepare")
+        ambient = self.mesh == "istio" and self.cluster.dataplane().startswith("ambient")
+        options.setdefault("inject", None if ambient or self.mesh == "gateway-api" else True)
+        labels = {
+            "backend": "kubernetes",
+            "namespace": self.namespace,
+            "service": service,
+            "purpose": "background",
+        }
+        options.setdefault("labels", labels)
+        options.setdefault("audit", self.audit_workload)
+        options.setdefault("timeout_s", profile.duration_s + 300.0)
+        return prepare(
+            self.cluster, self.namespace, profile, self.load_target(service), follow=False, **options
+        )
 
     def audit_workload(self, verb: str, kind: str, name: str, **details: Any) -> None:
         """Record an object the workbench created (``verb`` created) or deleted in the cluster."""

@@ -46,7 +46,7 @@ from workbench.errors import BackendError
 __all__ = ["CHUNK_ROWS", "FLUSH_S", "ChunkError", "ChunkReader", "emitter"]
 
 CHUNK_ROWS = 20000  # rows per chunk: ~0.4 MB of base64, far below any log rotation size
-FLUSH_S = 2  # seconds between looks for completed parts while k6 runs
+FLUSH_S = 1  # seconds between looks for completed parts while k6 runs
 SAMPLE_ROWS = r"^(metric_name|workbench_[a-z_]+|dropped_iterations),"
 START, CHUNK, CHUNK_END, DONE = "WB-SAMPLES", "WB-CHUNK", "WB-CHUNK-END", "WB-DONE"
 

@@ -449,6 +449,7 @@ class LoadRun:
     timeout_s: float
     labels: dict[str, Any] = field(default_factory=dict)
     audit: Audit | None = None
+    follow: bool = True  # False: only watch its state (load whose samples are not wanted)
     readers: dict[str, tuple[int, ChunkReader]] = field(default_factory=dict)
     _finished: set[str] = field(default_factory=set)
     _applied: list[tuple[Resource, str]] = field(default_factory=list)
@@ -480,7 +481,7 @@ class LoadRun:
         when it failed (with each failed pod's last lines) or ran past its deadline."""
         state, status = self.workload.state(self.writer)
         pods = self.writer.list(PODS, self.workload.namespace, label_selector=self.workload.pod_selector)
-        for pod in sorted(pods, key=self.workload.index_of):
+        for pod in sorted(pods, key=self.workload.index_of) if self.follow else []:
             self._follow(pod)
         if state == "failed":
             raise LoadJobError(self._failure(status, pods))
@@ -620,8 +621,10 @@ def prepare(
     labels: dict[str, Any] | None = None,
     engine: Engine = "auto",
     audit: Audit | None = None,
+    follow: bool = True,
 ) -> LoadRun:
-    """A ``LoadRun`` not yet started (``engine`` auto: the operator where its CRD is, else the Job)."""
+    """A ``LoadRun`` not yet started (``engine`` auto: the operator where its CRD is, else the Job;
+    ``follow`` False: its samples are not read, only its state watched)."""
     writer = _writer(writer_or_cluster)
     if writer.dry_run:
         raise BackendError("dry run: no load Job is started (build_manifests() shows what would be applied)")
@@ -639,7 +642,7 @@ def prepare(
         configmap, job = build_manifests(name, namespace, profile, target, parallelism, image, timeout,
                                          resources=resources, inject=inject, labels=str_labels)  # fmt: skip
         workload = job_workload(name, namespace, configmap, job)
-    return LoadRun(writer, workload, profile, target, image, timeout, dict(labels or {}), audit)
+    return LoadRun(writer, workload, profile, target, image, timeout, dict(labels or {}), audit, follow)
 
 
 def run_load_job(
