@@ -258,11 +258,23 @@ def add_services(emulator: Any, mesh: str) -> None:
 
 
 @contextmanager
-def prometheus_scraping(target: str, root: Path) -> Iterator[str]:
-    """A real Prometheus on a free port scraping ``target`` (``http://host:port``) every second."""
+def prometheus_scraping(target: str, root: Path, basic_auth: tuple[str, str] | None = None) -> Iterator[str]:
+    """A real Prometheus on a free port scraping ``target`` (``http://host:port``) every second; with
+    ``basic_auth`` its API wants that user and password (the URL given back carries them)."""
     import requests
 
     root.mkdir(parents=True, exist_ok=True)
+    web: list[str] = []
+    if basic_auth is not None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+
+            hashed = crypt.crypt(basic_auth[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+        (root / "web.yml").write_text(f"basic_auth_users: {{{basic_auth[0]}: '{hashed}'}}\n")
+        web = [f"--web.config.file={root / 'web.yml'}"]
     host = target.split("://", 1)[1]
     (root / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -271,20 +283,21 @@ def prometheus_scraping(target: str, root: Path) -> Iterator[str]:
     port = _free_port()
     log = (root / "prometheus.log").open("wb")
     args = ["prometheus", f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *web]  # fmt: skip
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, (root / "prometheus.log").read_text()
             try:
-                if requests.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).ok:
+                if requests.get(f"http://127.0.0.1:{port}/-/ready", timeout=1, auth=basic_auth).ok:
                     break
             except requests.RequestException:
                 pass
             assert time.monotonic() < deadline, "prometheus did not become ready"
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        userinfo = f"{basic_auth[0]}:{basic_auth[1]}@" if basic_auth else ""
+        yield f"http://{userinfo}127.0.0.1:{port}"
     finally:
         proc.terminate()
         try:

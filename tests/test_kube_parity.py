@@ -8,6 +8,7 @@ and what to change. One test per mesh walks every experiment of ``experiments.ya
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -163,3 +164,126 @@ def _policy(mesh: str) -> tuple[Any, str, str]:
         "linkerd": (linkerd.SERVER, "shop", "ratings-http"),
         "consul": (consul.SERVICE_INTENTIONS, "shop", "ratings"),
     }[mesh]
+
+
+def test_meshes_in_two_contexts_compare_by_trials_as_replicates(
+    kube_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two kube contexts (here: one emulator, two contexts) with declared meshes; the Linkerd arm's
+    service answers ~6 ms slower. Trials interleave (A B, B A, A B), each trial gives one estimate per
+    arm, the difference gets a t interval over trials, and each mesh's column is filled from its arm."""
+    from dataplane import Version
+    from kube import write_kubeconfig
+
+    from workbench.experiments import mesh_compare
+
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube_emulator.server)
+    doc = yaml.safe_load(kubeconfig.read_text())
+    doc["contexts"].append({"name": "lab-b", "context": {"cluster": "c1", "user": "u1", "namespace": "shop"}})
+    kubeconfig.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setattr(KubernetesBackend, "load_poll_s", 0.3)
+    arms = [{"context": "lab", "name": "istio-arm", "mesh": "istio", "service": "reviews"},
+            {"context": "lab-b", "name": "linkerd-arm", "mesh": "linkerd", "service": "catalog"}]  # fmt: skip
+    experiment = {"name": "meshes", "kind": "mesh_compare", "meshes": arms, "rps": 40, "connections": [2],
+                  "trials": 3, "duration": "2s", "warmup": "0s", "window": "1s"}  # fmt: skip
+    suite = tmp_path / "experiments.yaml"
+    suite.write_text(yaml.safe_dump({"backend": {"type": "kubernetes", "context": "lab", "mesh": "istio"},
+                                     "experiments": [experiment]}))  # fmt: skip
+    with running_cluster(kube_emulator, "istio", tmp_path) as rig:
+        rig.dataplane.behaviour[("catalog", "v1")] = Version(service_ms=8.0)
+        s = open_session(suite, "meshes", tmp_path / "run")
+        result = s.execute(mesh_compare)
+        assert kube_emulator.list("batch/v1/jobs") == [] and rig.kubelet.errors == []
+    points = sorted((s.store / "points").glob("*.json"))
+    assert len(points) == 6
+    from workbench.load import storage
+
+    runs = sorted((storage.load(p) for p in points), key=lambda r: r.meta["start"])
+    assert [(r.meta["trial"], r.meta["arm"]) for r in runs] == [
+        (0, "istio-arm"), (0, "linkerd-arm"), (1, "linkerd-arm"), (1, "istio-arm"),
+        (2, "istio-arm"), (2, "linkerd-arm"),
+    ]  # fmt: skip
+    assert {r.meta["mesh"] for r in runs} == {"istio", "linkerd"} and {r.meta["context"] for r in runs} == {
+        "lab", "lab-b"
+    }  # fmt: skip
+    overhead = result.tables["overhead"].set_index("metric")
+    p50 = overhead.loc["p50"]
+    assert p50["mode"] == "linkerd-arm" and p50["trials"] == 3 and "trials as replicates" in p50["method"]
+    assert 4.0 < p50["estimate"] < 8.5 and p50["ci_low"] < p50["estimate"] < p50["ci_high"], p50.to_dict()
+    assert p50["verdict"] == "worse" and len(result.tables["trials"]) == 6
+    decision = result.tables["decision"]
+    measured = decision.loc["measured p50 latency (mean over trials, 95 % interval)"]
+    assert measured["Istio"].startswith("istio-arm: ") and measured["Linkerd"].startswith("linkerd-arm: ")
+    assert measured["Consul"] == "not measured here (no arm runs Consul)"
+    diff = decision.loc["p50 difference from istio-arm (interval over trials)"]
+    assert diff["Linkerd"].startswith("linkerd-arm: +") and diff["Linkerd"].endswith("worse")
+    assert diff["Istio"] == "the baseline" and "own context" in result.headline
+    assert result.verdict == "measured" and set(mesh_compare.figures(result)) >= {"overhead", "percentiles"}
+
+
+def test_no_credential_in_any_artifact_of_a_cluster_run(
+    kube_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``workbench run`` (papermill, the shared kernel) on the emulator with the new paths — a load Job
+    whose samples come back in chunks, authz probe Jobs, a canary's background load, a mesh comparison
+    across contexts — with a kubeconfig bearer token and a basic-auth Prometheus: neither secret appears
+    in any notebook, report, summary, data file, progress or audit log; the audit log has every Job."""
+    from kube import TOKEN
+
+    from workbench.suite.runner import run_suite
+
+    password = "sekret-pass-789"
+    audit = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig))
+    monkeypatch.setenv("WORKBENCH_AUDIT_LOG", str(audit))
+    experiments = [
+        {"name": "ab", "kind": "ab", "service": "catalog", "variants": {"baseline": "v1", "candidate": "v2"},
+         "split": {"v1": 50, "v2": 50}, "rps": 60, "connections": 2, "duration": "3s", "warmup": "0s",
+         "window": "1s", "metrics": ["p50", "error_rate"]},
+        {"name": "authz", "kind": "authz", "policy": {"service": "ratings",
+                                                      "rules": [{"sources": ["reviews"]}]},
+         "expect": [{"caller": "reviews", "allowed": True}, {"caller": "frontend", "allowed": False}]},
+        {"name": "roll", "kind": "canary", "service": "reviews", "stable": "v1", "canary": "v3", "rps": 100,
+         "connections": 4, "steps": [{"weight": 50, "duration": "3s"}, {"weight": 100}], "warmup": "0s",
+         "window": "1s", "metrics": ["p50", "error_rate"]},
+        {"name": "meshes", "kind": "mesh_compare", "service": "reviews",
+         "meshes": [{"context": "lab", "name": "a", "mesh": "istio"}], "rps": 30, "connections": [2],
+         "trials": 2, "duration": "2s", "warmup": "0s"},
+    ]  # fmt: skip
+    with (
+        running_cluster(kube_emulator, "istio", tmp_path) as rig,
+        prometheus_scraping(rig.dataplane.metrics_url, tmp_path / "prometheus", ("prom", password)) as url,
+    ):
+        assert password in url
+        suite = tmp_path / "experiments.yaml"
+        backend = {
+            "type": "kubernetes",
+            "context": "lab",
+            "namespace": "shop",
+            "mesh": "istio",
+            "prometheus_url": url,
+        }
+        suite.write_text(yaml.safe_dump({"backend": backend, "experiments": experiments}))
+        outcome = run_suite(suite, reports=tmp_path / "reports", echo=lambda line: None, fail_on="never")
+        assert kube_emulator.list("batch/v1/jobs") == [] and rig.kubelet.errors == []
+    by_name = {r["name"]: r for r in outcome.results}
+    assert {n: r["status"] for n, r in by_name.items()} == dict.fromkeys(
+        ["ab", "authz", "roll", "meshes"], "ok"
+    ), by_name
+    assert by_name["authz"]["verdict"] == "pass"
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    workloads = [e for e in entries if e["action"] == "workload"]
+    created = {e["target"] for e in workloads if e["details"]["verb"] == "created"}
+    deleted = {e["target"] for e in workloads if e["details"]["verb"] == "deleted"}
+    assert (
+        created == deleted and any("wb-probe-" in t for t in created) and any("wb-k6-" in t for t in created)
+    )
+    produced = [
+        p for p in [*outcome.data_dir.rglob("*"), *(tmp_path / "reports").rglob("*"), audit] if p.is_file()
+    ]
+    assert any(p.suffix == ".ipynb" for p in produced) and any(p.name == "summary.json" for p in produced)
+    for path in produced:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        for secret in (TOKEN, password):
+            assert secret not in text, f"{secret} leaked into {path}"

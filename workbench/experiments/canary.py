@@ -36,6 +36,7 @@ of ``window``, whole seconds, at least the scrape interval), and the traffic is
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -347,11 +348,13 @@ def traffic_minimum(metrics: list[str]) -> int:
     return max([MIN_PER_WINDOW.get(m, 5) for m in metrics if m != "error_rate"] or [1])
 
 
-def short_of_traffic(frame: pd.DataFrame, plan: Plan, elapsed_s: float) -> str:
+def short_of_traffic(frame: pd.DataFrame, plan: Plan, start: float, end: float) -> str:
     """What is short ("" when nothing): each version needs the minimum requests in as many windows as
-    the step's ``elapsed_s`` spans (at most ``MIN_WINDOWS``, at least one)."""
+    lie wholly in ``[start, end]`` (windows aligned to multiples of ``window``; at most ``MIN_WINDOWS``,
+    at least one)."""
     need = traffic_minimum(plan.metrics)
-    wanted = max(1, min(MIN_WINDOWS, int(elapsed_s // plan.window_s)))
+    whole = math.floor(end / plan.window_s) - math.ceil(start / plan.window_s)
+    wanted = max(1, min(MIN_WINDOWS, whole))
     short = []
     for version in (plan.stable, plan.canary):
         rows = frame[frame["version"].astype(str) == version]
@@ -380,9 +383,10 @@ def _measure(
     _wait(load.warmup_s, background)
     start = time.time()
     _wait(load.duration_s, background)
-    frame = _observed(mesh, plan, start)
+    end = time.time()
+    frame = _observed(mesh, plan, start, end)
     waited, bound = 0.0, MAX_WAIT_FACTOR * load.duration_s
-    while (short := short_of_traffic(frame, plan, time.time() - start)) and waited < bound:
+    while (short := short_of_traffic(frame, plan, start, end)) and waited < bound:
         if waited == 0:
             timeline.add("waiting for traffic", step=step, short=short, max_wait_s=bound)
             s.progress(f"canary step {step}: traffic below the per-window minimum ({short}); waiting up to "
@@ -390,7 +394,8 @@ def _measure(
         pause = min(plan.window_s, bound - waited)
         _wait(pause, background)
         waited += pause
-        frame = _observed(mesh, plan, start)
+        end = time.time()
+        frame = _observed(mesh, plan, start, end)
     if waited:
         if short:
             timeline.add("traffic short", step=step, short=short, waited_s=waited)
@@ -403,8 +408,8 @@ def _measure(
     return frame, name
 
 
-def _observed(mesh: Any, plan: Plan, start: float) -> pd.DataFrame:
-    observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, time.time(), plan.window_s)
+def _observed(mesh: Any, plan: Plan, start: float, end: float) -> pd.DataFrame:
+    observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, end, plan.window_s)
     return pd.concat(
         [f.assign(version=v) for v, f in observed.items()] or [pd.DataFrame(columns=TELEMETRY_COLUMNS)],
         ignore_index=True,

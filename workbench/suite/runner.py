@@ -95,7 +95,7 @@ def run_suite(
     run = {
         "run_id": run_id,
         "config": str(config_file),
-        "config_text": config_file.read_text(encoding="utf-8"),
+        "config_text": ci.Scrubber.from_environment()(config_file.read_text(encoding="utf-8")),
         "quick": quick,
         "backend": _describe_backend(cfg),
         "started": report_html.now_iso(),
@@ -179,7 +179,13 @@ def _finish(
     report_html.write_index(reports, run_id, run, results)
     ci.write_artifacts(reports / run_id, run, results, fail_on)
     scrub = ci.Scrubber.from_environment()
-    for path in [*(reports / run_id).glob("*"), *data_dir.glob("*.ipynb"), *data_dir.glob("*/result.json")]:
+    kept = [
+        *data_dir.glob("*.ipynb"),
+        *data_dir.glob("*/result.json"),
+        data_dir / RUN_FILE,
+        data_dir / "progress.log",
+    ]
+    for path in [*(reports / run_id).glob("*"), *kept]:
         if path.is_file():
             scrub.file(path)
     if (reports / "index.html").exists():
