@@ -469,6 +469,23 @@ class KubeAPI:
         return handler
 
 
+@pytest.fixture
+def writer(httpserver: Any) -> Iterator[Any]:
+    """A ``Writer`` on pytest-httpserver (context ``test-ctx``, bearer token ``fake-token-123``), for
+    contract tests of code that takes a Writer."""
+    import kubernetes.client as k8s
+
+    from workbench.backends.kubernetes.apply import Writer
+
+    cfg = k8s.Configuration()
+    cfg.host = httpserver.url_for("").rstrip("/")
+    cfg.api_key = {"BearerToken": "fake-token-123"}
+    cfg.api_key_prefix = {"BearerToken": "Bearer"}
+    api = k8s.ApiClient(cfg)
+    yield Writer(api, context="test-ctx")
+    api.close()
+
+
 def status_obj(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A metav1.Status error body, as the API server sends it."""
     doc: dict[str, Any] = {

@@ -174,17 +174,6 @@ def test_a_short_probe_log_names_the_job_and_pod() -> None:
 # The API conversation
 
 
-@pytest.fixture
-def writer(httpserver: HTTPServer) -> Iterator[Writer]:
-    cfg = k8s.Configuration()
-    cfg.host = httpserver.url_for("").rstrip("/")
-    cfg.api_key = {"BearerToken": "fake-token-123"}
-    cfg.api_key_prefix = {"BearerToken": "Bearer"}
-    api = k8s.ApiClient(cfg)
-    yield Writer(api, context="test-ctx")
-    api.close()
-
-
 JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 APPLY_QS = {"fieldManager": "mesh-workbench", "force": "false"}

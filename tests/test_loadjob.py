@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -317,17 +316,6 @@ def test_readable_tail_leaves_out_the_chunks() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # The API conversation
-
-
-@pytest.fixture
-def writer(httpserver: HTTPServer) -> Iterator[Writer]:
-    cfg = k8s.Configuration()
-    cfg.host = httpserver.url_for("").rstrip("/")
-    cfg.api_key = {"BearerToken": "fake-token-123"}
-    cfg.api_key_prefix = {"BearerToken": "Bearer"}
-    api = k8s.ApiClient(cfg)
-    yield Writer(api, context="test-ctx")
-    api.close()
 
 
 APPLY_QS = {"fieldManager": "mesh-workbench", "force": "false"}

@@ -650,27 +650,19 @@ def run_load_job(
     namespace: str,
     profile: LoadProfile,
     target: LoadTarget,
-    parallelism: int = 1,
-    image: str = K6_IMAGE,
-    timeout_s: float | None = None,
-    *,
-    name: str | None = None,
+    *args: Any,
     poll_s: float = 2.0,
-    resources: dict[str, Any] | None = None,
-    inject: bool | None = None,
-    labels: dict[str, Any] | None = None,
-    engine: Engine = "auto",
-    audit: Audit | None = None,
+    **options: Any,
 ) -> LoadResult:
     """Run one load point in ``namespace`` and return the merged measured samples.
 
-    ``writer_or_cluster``: an ``apply.Writer``, or any object with a ``.writer`` (a ``Cluster``).
-    ``timeout_s`` (default: run time + in-flight timeout + 300 s) bounds the wait; ``inject`` forces
-    mesh sidecar injection on/off (None: the namespace's default); ``audit`` is told of every object
-    created and deleted. LoadJobError when the run fails (with each failed pod's log tail), times
-    out or loses samples; its objects are deleted in every case, also on Ctrl-C.
+    ``writer_or_cluster``: an ``apply.Writer``, or any object with a ``.writer`` (a ``Cluster``);
+    ``args``/``options`` are ``prepare``'s: ``parallelism``, ``image``, ``timeout_s`` (default: run
+    time + in-flight timeout + 300 s) bounds the wait, ``inject`` forces mesh sidecar injection on/off
+    (None: the namespace's default), ``engine``, ``audit`` is told of every object created and
+    deleted. LoadJobError when the run fails (with each failed pod's log tail), times out or loses
+    samples; its objects are deleted in every case, also on Ctrl-C.
     """
-    run = prepare(writer_or_cluster, namespace, profile, target, parallelism, image, timeout_s, name=name,
-                  resources=resources, inject=inject, labels=labels, engine=engine, audit=audit)  # fmt: skip
+    run = prepare(writer_or_cluster, namespace, profile, target, *args, **options)
     with run:
         return run.wait(poll_s)
