@@ -306,3 +306,27 @@ def test_dry_run_shows_the_refused_experiment_and_writes_nothing(
     assert "--- faults: refused, writes nothing" in text and "refused: 1 need(s)" in text
     assert "Consul has no fault injection" in str(info.value)
     assert {method for method, _ in kube_emulator.requests()} <= {"GET"}
+
+
+def test_run_refuses_a_local_experiment_its_mode_cannot_do_before_starting_anything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    policy = {"service": "ratings", "rules": [{"sources": ["reviews"]}]}
+    exp = {
+        "name": "policy",
+        "kind": "authz",
+        "policy": policy,
+        "expect": [{"caller": "reviews", "allowed": True}],
+    }
+    suite = tmp_path / "experiments.yaml"
+    suite.write_text(yaml.safe_dump({"backend": {"type": "local", "mode": "none"}, "experiments": [exp]}))
+    done = CliRunner().invoke(app, ["run", str(suite), "--reports", str(tmp_path / "reports")])
+    assert done.exit_code == 2, done.output
+    assert (
+        "policy (authz) needs authorization by caller (L4), which the local mesh with mode none"
+        in done.output
+    )
+    assert "nothing was run or written" in done.output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "reports").exists()

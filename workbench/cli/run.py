@@ -69,10 +69,12 @@ def run(
         outcome = run_suite(file, only=only or (), quick=quick, reports=reports, mesh_state=mesh_state,
                             echo=lambda line: out.print(line, markup=False), fail_on=fail_on,  # type: ignore[arg-type]
                             seed=seed)  # fmt: skip
-    except ValueError as exc:
+    except config.ConfigError as exc:  # the file was valid: an experiment the backend cannot run
         err.print(str(exc), markup=False)
+        err.print("nothing was run or written; change what each line says, or leave those experiments "
+                  "out with --only", markup=False)  # fmt: skip
         raise typer.Exit(ExitCode.INVALID) from None
-    except config.ConfigError as exc:  # pragma: no cover - validated above
+    except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(ExitCode.INVALID) from None
     index = reports.resolve() / "index.html"

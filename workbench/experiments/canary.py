@@ -27,10 +27,10 @@ of ``window``, whole seconds, at least the scrape interval), and the traffic is
 - **real** otherwise: the versions serve their own traffic, which must reach the per-window minimum
   a look needs (``MIN_PER_WINDOW`` requests a window for the step's latency metrics — a p99 needs
   100; one for error rate alone — in each of the step's whole windows, up to ``MIN_WINDOWS`` of them,
-  for each version). A step short of it
-  waits, window by window, up to ``MAX_WAIT_FACTOR`` times its duration more, says so (progress
-  and a ``waiting for traffic`` event), then looks at what it has: a too thin arm is then judged by
-  the statistics' own ``no_data`` policy rather than by a guess.
+  for each version). A step short of it waits, window by window, up to ``MAX_WAIT_FACTOR`` times its
+  duration more, says so (progress and ``waiting for traffic``/``traffic short``/``traffic enough``
+  events), then looks at what it has: a too thin arm is then judged by the statistics' own
+  ``no_data`` policy rather than by a guess.
 """
 
 from __future__ import annotations
