@@ -54,7 +54,7 @@ def processes_using(directory: Path) -> list[psutil.Process]:
 
 
 # Kubernetes fixtures (contract API and kmock emulator), defined in tests/kube.py.
-from kube import kube_api, kube_emulator  # noqa: E402, F401
+from kube import kube_api, kube_emulator, writer  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -469,6 +469,23 @@ class KubeAPI:
         return handler
 
 
+@pytest.fixture
+def writer(httpserver: Any) -> Iterator[Any]:
+    """A ``Writer`` on pytest-httpserver (context ``test-ctx``, bearer token ``fake-token-123``), for
+    contract tests of code that takes a Writer."""
+    import kubernetes.client as k8s
+
+    from workbench.backends.kubernetes.apply import Writer
+
+    cfg = k8s.Configuration()
+    cfg.host = httpserver.url_for("").rstrip("/")
+    cfg.api_key = {"BearerToken": "fake-token-123"}
+    cfg.api_key_prefix = {"BearerToken": "Bearer"}
+    api = k8s.ApiClient(cfg)
+    yield Writer(api, context="test-ctx")
+    api.close()
+
+
 def status_obj(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A metav1.Status error body, as the API server sends it."""
     doc: dict[str, Any] = {
@@ -539,6 +556,14 @@ MESH_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
     ],
 }
 _NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
+_POD_LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
+
+
+def _selected(obj: dict[str, Any], selector: str) -> bool:
+    """An equality label selector (``a=b,c=d``) matches the object's labels."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    pairs = [part.split("=", 1) for part in selector.split(",") if "=" in part]
+    return all(labels.get(k.strip()) == v.strip() for k, v in pairs)
 
 
 def _emulator_class() -> type:
@@ -550,6 +575,9 @@ def _emulator_class() -> type:
         async def __call__(self, raw_request: Any) -> Any:
             # Quirk 1: kmock parses /api/v1/namespaces[/<name>] as "namespace <name>, no resource" (a
             # 500, or a wrong object): serve Namespace reads from the stored objects here.
+            logs = _POD_LOG_PATH.match(raw_request.path)
+            if logs and raw_request.method == "GET":  # Quirk 5: pod logs (the fake kubelet writes them)
+                return _serve_log(self, logs.group(1), logs.group(2), raw_request.query)
             m = _NAMESPACES_PATH.match(raw_request.path)
             if m and raw_request.method == "GET":
                 await raw_request.read()
@@ -568,7 +596,15 @@ def _emulator_class() -> type:
                 if m.group(1) in live:
                     return aiohttp.web.json_response(live[m.group(1)])
                 return aiohttp.web.json_response(_not_found("namespaces", "", m.group(1)), status=404)
-            return await super().__call__(raw_request)
+            response = await super().__call__(raw_request)
+            selector = raw_request.query.get("labelSelector", "")
+            if selector and raw_request.method == "GET" and getattr(response, "body", None):
+                # Quirk 6: kmock lists ignore labelSelector; a real API server filters
+                doc = json.loads(response.body)
+                if isinstance(doc, dict) and isinstance(doc.get("items"), list):
+                    doc["items"] = [o for o in doc["items"] if _selected(o, selector)]
+                    return aiohttp.web.json_response(doc, status=response.status)
+            return response
 
         async def _handle(self, request: Any) -> Any:
             declared = {(r.group, r.version, r.plural) for r in self.resources}
@@ -629,6 +665,24 @@ def _emulator_class() -> type:
                 )
 
     return Emulator
+
+
+def _serve_log(emulator: Any, namespace: str, pod: str, query: Any) -> Any:
+    """``GET .../pods/<pod>/log`` from the fake kubelet's lines: ``timestamps``, ``sinceTime`` (whole
+    seconds, as the API server takes it), ``tailLines``."""
+    import aiohttp.web
+
+    lines = list(getattr(emulator, "pod_logs", {}).get((namespace, pod), []))
+    if not lines and (namespace, pod) not in getattr(emulator, "pod_logs", {}):
+        return aiohttp.web.json_response(_not_found("pods", "", pod), status=404)
+    since = query.get("sinceTime", "")
+    if since:
+        lines = [(t, ln) for t, ln in lines if t[:19] >= since[:19]]
+    if query.get("tailLines"):
+        lines = lines[-int(query["tailLines"]) :]
+    stamped = query.get("timestamps") == "true"
+    text = "".join(f"{t} {ln}\n" if stamped else f"{ln}\n" for t, ln in lines)
+    return aiohttp.web.Response(text=text, content_type="text/plain")
 
 
 def _not_found(plural: str, group: str, name: str) -> dict[str, Any]:
@@ -720,6 +774,29 @@ class KubeEmulator:
             return copy.deepcopy(self._emulator.objects[key].raw)
 
         return self._call(read)
+
+    def list(self, path: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every stored object of a type (``path`` like "batch/v1/jobs"), in ``namespace`` if given."""
+
+        def read() -> list[dict[str, Any]]:
+            import kmock
+
+            res = kmock.resource(path)
+            live = [(k, o) for k, o in self._emulator.objects.items() if k[0] == res and not o.deleted]
+            return [copy.deepcopy(o.raw) for k, o in live if namespace is None or k[1] == namespace]
+
+        return self._call(read)
+
+    def open_log(self, namespace: str, pod: str) -> None:
+        """A pod's (still empty) log: its container has started."""
+        self._emulator.__dict__.setdefault("pod_logs", {}).setdefault((namespace, pod), [])
+
+    def log(self, namespace: str, pod: str, line: str) -> None:
+        """Append a line to a pod's log (with the time it was written, as the kubelet keeps it)."""
+        now = datetime.now(UTC)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S") + f".{now.microsecond * 1000:09d}Z"
+        logs = self._emulator.__dict__.setdefault("pod_logs", {})
+        logs.setdefault((namespace, pod), []).append((stamp, line))
 
     def requests(self) -> list[tuple[str, str]]:
         """(method, path?query) of every request served through kmock (namespace reads excluded)."""
@@ -826,3 +903,71 @@ def _assert_known(data: Any, back: Any, where: str) -> None:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# k6 output and pod logs, as load pods print them (chunks.py)
+
+K6_HEADER = "metric_name,timestamp,metric_value,scenario,status,extra_tags,metadata"
+
+
+def k6_csv(requests: int, base_ms: float = 1.0, noise: int = 0, start_us: int = 1_700_000_000_000_000) -> str:
+    """A k6 ``--out csv`` file (``--system-tags=status,scenario``) of ``requests`` measured requests with
+    latencies ``base_ms + i / 10`` ms, 10 ms apart, answered by v1 with 200; ``noise`` other k6 metric
+    rows per request (which load pods leave out) and the measured scenario's start."""
+    lines = [K6_HEADER, f"workbench_scenario_start,{start_us},{start_us / 1000:.0f},measure,,,"]
+    for i in range(requests):
+        ts = start_us + 10_000 * i
+        lines += [f"http_req_duration,{ts},{base_ms:.6f},measure,200,," for _ in range(noise)]
+        lines.append(f"workbench_req,{ts},{base_ms + i / 10:.6f},measure,200,tagged=0&version=v1,")
+    return "\n".join(lines) + "\n"
+
+
+def chunked_log(csv_text: str, chunk_rows: int, pod: str = "pod", exit_status: int | str = 0) -> str:
+    """What ``chunks.emitter`` prints for ``csv_text``: a Python twin of the shell (its grep, split and
+    awk), for API fakes; ``test_loadjob`` checks the two agree."""
+    import base64
+    import gzip
+    import hashlib
+    import re as _re
+
+    keep = [
+        ln
+        for ln in csv_text.splitlines()
+        if _re.match(r"^(metric_name|workbench_[a-z_]+|dropped_iterations),", ln)
+    ]
+    out, total = [f"WB-SAMPLES pod={pod}"], 0
+    parts = [keep[i : i + chunk_rows] for i in range(0, len(keep), chunk_rows)]
+    for seq, part in enumerate(parts):
+        tags: list[str] = []
+        rows = []
+        for line in part:
+            name, ts, value, scenario, status, extra = line.split(",")[:6]
+            if scenario != "measure":
+                continue
+            if name == "workbench_req":
+                if extra not in tags:
+                    tags.append(extra)
+                rows.append(f"0,{ts},{value},{status or 0},{tags.index(extra)}")
+            elif name == "workbench_scenario_start":
+                rows.append(f"1,{ts},{value},0,0")
+            elif name == "dropped_iterations":
+                rows.append(f"2,{ts},{value},0,0")
+        data = gzip.compress("".join(r + "\n" for r in rows).encode(), mtime=0)
+        out.append(f"WB-CHUNK {seq} {len(rows)} {hashlib.sha256(data).hexdigest()} {'|'.join(tags) or '-'}")
+        text = base64.b64encode(data).decode()
+        out += [text[i : i + 76] for i in range(0, len(text), 76)]
+        out.append(f"WB-CHUNK-END {seq}")
+        total += len(rows)
+    out.append(f"WB-DONE chunks={len(parts)} rows={total} exit={exit_status}")
+    return "\n".join(out) + "\n"
+
+
+def stamped(log: str, start: float, per_line_s: float) -> str:
+    """``log`` as ``GET .../log?timestamps=true`` returns it: each line after its RFC 3339 time."""
+    out = []
+    for i, line in enumerate(log.splitlines()):
+        t = start + i * per_line_s
+        whole = datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        out.append(f"{whole}.{round((t - int(t)) * 1e9):09d}Z {line}")
+    return "\n".join(out) + "\n"

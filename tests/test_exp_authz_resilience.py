@@ -19,6 +19,7 @@ import requests
 from statsmodels.stats.proportion import proportion_confint
 
 from conftest import REPO
+from workbench.backends.base import Answer
 from workbench.backends.local import LocalMesh
 from workbench.backends.local.envoy import TrafficPolicy
 from workbench.experiments import authz, open_session, resilience
@@ -127,11 +128,12 @@ def _papermill(name: str, config_file: Path, experiment: str, run_dir: Path, mes
 
 
 def test_classify_tells_a_policy_denial_from_failures() -> None:
-    assert authz.classify(403, "RBAC: access denied", from_app=False) == "denied"
-    assert authz.classify(403, "forbidden by the app", from_app=True) == "allowed"  # the app answered
-    assert authz.classify(503, "no healthy upstream", from_app=False) == "error"
-    assert authz.classify(0, "", from_app=False) == "error"
-    assert authz.classify(404, "", from_app=True) == "allowed"
+    assert authz.classify(Answer(403, denied=True)) == "denied"  # the proxy's own denial
+    assert authz.classify(Answer(403)) == "allowed"  # the app answered 403: the policy let it through
+    assert authz.classify(Answer(503, error="no healthy upstream")) == "error"
+    assert authz.classify(Answer(0, error="connection refused")) == "error"
+    assert authz.classify(Answer(0, denied=True, error="connection reset by the L4 policy")) == "denied"
+    assert authz.classify(Answer(404)) == "allowed"
     assert authz.summarise(["allowed", "error", "allowed"]) == "mixed"
 
 

@@ -760,6 +760,8 @@ def test_backend_run_load_delegates_to_the_load_job(kube_api: Any, monkeypatch: 
     assert kwargs == {
         "parallelism": 2,
         "labels": {"backend": "kubernetes", "namespace": "shop", "service": "reviews"},
+        "audit": backend.audit_workload,
+        "poll_s": backend.load_poll_s,
     }
     assert args[3].urls == ("http://reviews.shop.svc.cluster.local:9080",)
     with pytest.raises(BackendError, match="dry run: no load"):
@@ -827,7 +829,7 @@ def test_session_opens_the_kubernetes_backend(
 def _adapter_resources() -> list[Resource]:
     """Every Resource the adapters and the load job declare (the types the workbench writes)."""
     found: dict[tuple[str, str], Resource] = {}
-    for name in ("istio", "linkerd", "consul", "gateway_api", "loadjob"):
+    for name in ("istio", "linkerd", "consul", "gateway_api", "loadjob", "testrun", "k6pod", "probe"):
         try:
             module = importlib.import_module(f"workbench.backends.kubernetes.{name}")
         except ImportError:
@@ -859,6 +861,7 @@ WRITES = [
     ("consul.hashicorp.com", "serviceintentions"),
     ("batch", "jobs"),
     ("", "configmaps"),
+    ("k6.io", "testruns"),
 ]
 WRITE_VERBS = {"get", "list", "patch", "create", "delete"}
 READ_ONLY = {("", "pods")}

@@ -187,7 +187,8 @@ def test_dry_run_on_the_local_mesh_prints_the_plan_and_runs_nothing(tmp_path: Pa
 def test_dry_run_on_a_cluster_prints_manifests_and_writes_nothing(tmp_path: Path, kube_emulator) -> None:
     cfg = _write(
         tmp_path,
-        "backend: {type: kubernetes, namespace: shop, mesh: istio}\nexperiments:\n"
+        "backend: {type: kubernetes, namespace: shop, mesh: istio, prometheus_url: 'http://127.0.0.1:9'}\n"
+        "experiments:\n"
         "  - {name: canary, kind: canary, service: reviews, stable: v1, canary: v3,"
         " steps: [{weight: 10}, {weight: 100}]}\n"
         "  - name: authz\n    kind: authz\n"

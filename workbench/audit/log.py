@@ -62,6 +62,7 @@ ACTIONS: tuple[str, ...] = (
     "rollback",
     "experiment_start",
     "experiment_end",
+    "workload",  # an object the workbench creates in a cluster and deletes again (load Job, probe Job)
 )
 GENESIS = "0" * 64
 ENV_PATH = "WORKBENCH_AUDIT_LOG"

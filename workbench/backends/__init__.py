@@ -3,7 +3,9 @@
 ``open_backend(settings)`` is the one factory: experiments.yaml's ``backend:`` settings in, a
 ``Backend`` (``base.py``) out — a ``KubernetesBackend`` for a cluster; for the local mesh, the
 mesh whose state the runner passes, else the one ``workbench local up`` runs in the right mode,
-else a new one started here (``Opened.owned``: the caller stops it).
+else a new one started here (``Opened.owned``: the caller stops it). ``declared(...)`` is what such a
+backend would offer (``backends.capabilities``), known from the settings alone: validation asks it
+without reaching a cluster or starting a mesh.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.backends.capabilities import ADAPTERS, LOCAL, Offer, kubernetes_offer, load_class
 from workbench.errors import BackendError
 
 if TYPE_CHECKING:
     from workbench.backends.base import Backend
     from workbench.config import BackendSettings
 
-__all__ = ["Opened", "open_backend"]
+__all__ = ["Opened", "declared", "mesh_offer", "mode_offer", "open_backend"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,41 @@ def open_backend(
         mesh.stop()
         raise
     return Opened(mesh, owned=True)
+
+
+def mesh_offer(mesh: str) -> Offer:
+    """The declared offer of a mesh adapter (``istio``, ``linkerd``, ``consul``, ``gateway-api``)."""
+    if mesh not in ADAPTERS:
+        raise BackendError(f"mesh must be one of {', '.join(ADAPTERS)} (got {mesh!r})")
+    return load_class(ADAPTERS[mesh]).CAPABILITIES  # type: ignore[attr-defined,no-any-return]
+
+
+def mode_offer(mode: str) -> Offer:
+    """The declared offer of a local sidecar mode."""
+    from workbench.backends.local.layout import MODE_CAPABILITIES
+
+    if mode not in MODE_CAPABILITIES:
+        raise BackendError(f"mode must be one of {', '.join(MODE_CAPABILITIES)} (got {mode!r})")
+    return MODE_CAPABILITIES[mode]
+
+
+def declared(
+    backend: str,
+    *,
+    mode: str | None = None,
+    mesh: str | None = None,
+    prometheus_url: str | None = None,
+    dialect: str | None = None,
+) -> Offer:
+    """The offer settings describe, without starting or reaching anything.
+
+    ``backend``: ``local`` (with its sidecar ``mode``) or ``kubernetes`` (with ``mesh``; ``auto`` or
+    None gives the backend's own offer only: the mesh's is known once detected, at the run's start).
+    """
+    if backend == "local":
+        return LOCAL & mode_offer(mode or "both")
+    if backend != "kubernetes":
+        raise BackendError(f"backend must be local or kubernetes (got {backend!r})")
+    known = None if mesh in (None, "auto") else mesh
+    own = kubernetes_offer(prometheus_url, known, dialect)
+    return own if known is None else own & mesh_offer(known)

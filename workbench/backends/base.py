@@ -7,7 +7,9 @@ same models experiments.yaml validates), so what a user writes is exactly what a
 Optional capabilities are small protocols next to ``Backend``, checked with ``isinstance``:
 ``Observer`` (reads real traffic from telemetry: a cluster), ``DirectMeasure`` (reaches the apps
 without their proxies: ground truth, local mesh), ``Behaviours`` (changes what a version does:
-latency, errors — the local demo apps), ``RequestAs`` (one request as a given caller).
+latency, errors — the local demo apps), ``RequestAs`` (requests as given callers, with their
+identity: the local sidecars, or a probe Job per caller on a cluster). What each backend can do is
+also declared as data (``backends.capabilities``), so validation knows it before anything runs.
 Every ``set_*`` returns what it wrote (``Writes``): the manifests applied on a cluster, the Envoy
 xDS documents swapped in locally — a record of the change, empty when nothing was written.
 """
@@ -39,9 +41,8 @@ from workbench.load.results import LoadProfile, LoadResult
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import requests
-
 __all__ = [
+    "Answer",
     "Backend",
     "BackendError",
     "Behaviours",
@@ -51,6 +52,7 @@ __all__ = [
     "LoadTarget",
     "Observer",
     "Policy",
+    "Probe",
     "RequestAs",
     "Retries",
     "Route",
@@ -68,11 +70,12 @@ Writes = list[dict[str, Any]]  # what a change wrote: manifests (cluster) or xDS
 
 @dataclass(frozen=True)
 class Service:
-    """A service of the mesh: its name, its versions (stable first) and what it calls."""
+    """A service of the mesh: its name, its versions (stable first) and what it calls (None: not known
+    — a cluster's objects do not say; its telemetry does)."""
 
     name: str
     versions: tuple[str, ...]
-    calls: tuple[str, ...] = ()
+    calls: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,10 +153,37 @@ class Behaviours(Protocol):
     def set_behaviour(self, service: str, version: str, **changes: Any) -> Any: ...
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One request to send as a caller: who calls (a service of the mesh), with which method and path."""
+
+    caller: str
+    method: str = "GET"
+    path: str = "/"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one request as a caller got: the HTTP status (0: no answer), whether the mesh's proxy
+    itself refused it (``denied``: Envoy's "RBAC: access denied", Linkerd's ``l5d-proxy-error``, a
+    connection reset by an L4 policy) and, without an answer, what went wrong."""
+
+    status: int
+    denied: bool = False
+    error: str = ""
+
+
 @runtime_checkable
 class RequestAs(Protocol):
-    """A backend that can send one request to a service as a given caller (its identity)."""
+    """A backend that can send requests to a service as given callers, with their identity.
 
-    def request_as(
-        self, caller: str, service: str, path: str = "/", method: str = "GET", timeout: float = 5.0
-    ) -> requests.Response: ...
+    ``requests_as`` returns, per probe, its ``attempts`` answers. ``policy_settle_s`` is how long a
+    new authorization policy takes to reach the proxies (0 locally: the sidecars load it before
+    ``set_policy`` returns; a cluster's control plane pushes it within seconds).
+    """
+
+    policy_settle_s: float
+
+    def requests_as(
+        self, service: str, probes: Sequence[Probe], attempts: int = 3, timeout_s: float = 5.0
+    ) -> list[list[Answer]]: ...

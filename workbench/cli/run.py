@@ -59,7 +59,7 @@ def run(
         err.print(str(exc), markup=False)
         raise typer.Exit(ExitCode.INVALID) from None
     if dry_run:
-        _dry_run(cfg, selected)
+        _dry_run(cfg, selected, file)
         return
     from workbench import config  # the suite's imports (papermill, plotly, scipy) take seconds
     from workbench.report import ci
@@ -69,10 +69,12 @@ def run(
         outcome = run_suite(file, only=only or (), quick=quick, reports=reports, mesh_state=mesh_state,
                             echo=lambda line: out.print(line, markup=False), fail_on=fail_on,  # type: ignore[arg-type]
                             seed=seed)  # fmt: skip
-    except ValueError as exc:
+    except config.ConfigError as exc:  # the file was valid: an experiment the backend cannot run
         err.print(str(exc), markup=False)
+        err.print("nothing was run or written; change what each line says, or leave those experiments "
+                  "out with --only", markup=False)  # fmt: skip
         raise typer.Exit(ExitCode.INVALID) from None
-    except config.ConfigError as exc:  # pragma: no cover - validated above
+    except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(ExitCode.INVALID) from None
     index = reports.resolve() / "index.html"
@@ -94,12 +96,13 @@ def run(
     raise typer.Exit(status)
 
 
-def _dry_run(cfg: object, selected: list[Any]) -> None:
+def _dry_run(cfg: object, selected: list[Any], file: Path) -> None:
     from workbench.errors import BackendError
     from workbench.suite.dryrun import plan_run
 
     try:
-        plan_run(cfg, selected, lambda line: out.print(line, markup=False, soft_wrap=True))  # type: ignore[arg-type]
+        plan_run(cfg, selected, lambda line: out.print(line, markup=False, soft_wrap=True), str(file),  # type: ignore[arg-type]
+                 file.read_text(encoding="utf-8"))  # fmt: skip
     except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(ExitCode.INVALID) from None

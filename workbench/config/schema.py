@@ -227,12 +227,39 @@ class LoadTest(_Loaded):
         return points * ((self.duration or 0) + (self.warmup or 0))
 
 
+MeshName = Literal["auto", "istio", "linkerd", "consul", "gateway-api"]
+
+
+class MeshArm(Strict):
+    """One arm of a mesh comparison across clusters: a kube context (and namespace) running one mesh.
+
+    Written as a mapping, or as just the context's name. ``name`` labels the arm (default: the
+    context); ``mesh`` is what runs there (``auto``: detected); ``service`` the target there
+    (default: the experiment's)."""
+
+    context: str
+    name: Name | None = None
+    namespace: str | None = None
+    mesh: MeshName = "auto"
+    service: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _context_only(cls, data: Any) -> Any:
+        return {"context": data} if isinstance(data, str) else data
+
+    @property
+    def label(self) -> str:
+        """The arm's name in tables and files."""
+        return self.name or self.context
+
+
 class MeshCompare(_Loaded):
     """Overhead of sidecar modes or meshes against a baseline, by interleaved repeated trials."""
 
     kind: Literal["mesh_compare"]
     modes: list[Mode] | None = None
-    meshes: list[str] | None = None
+    meshes: list[MeshArm] | None = None
     fortio_results: list[str] | None = None
     baseline: str | None = None
     rps: AutoRps = "auto"
@@ -250,6 +277,11 @@ class MeshCompare(_Loaded):
         options = getattr(self, given[0])
         if len(options) == 0:
             raise ValueError(f"'{given[0]}' must list at least one entry")
+        if given[0] == "meshes":
+            options = [arm.label for arm in options]
+            repeated = sorted({n for n in options if options.count(n) > 1})
+            if repeated:
+                raise ValueError(f"meshes: arm names must differ (give each a name:): {', '.join(repeated)}")
         if given[0] != "fortio_results" and self.baseline is not None and self.baseline not in options:
             raise ValueError(f"baseline '{self.baseline}' is not one of {given[0]}: {options}")
         return self
@@ -260,7 +292,7 @@ class MeshCompare(_Loaded):
     def plan(self) -> str:
         if self.fortio_results is not None:
             return f"ingest {len(self.fortio_results)} path(s), baseline {self.baseline or 'first'}"
-        arms = ", ".join(self.modes or self.meshes or [])
+        arms = ", ".join(self.modes or [arm.label for arm in self.meshes or []])
         return f"{arms} at {_rate(self.rps)} x connections {_nums(self.connections)}, {self.trials} trials"
 
     def planned_seconds(self) -> float:

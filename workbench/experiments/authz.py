@@ -1,11 +1,14 @@
 """Authorization check: apply a policy and verify it with real requests from each caller.
 
-For every ``expect`` row (caller, path, method, allowed) a few real requests go through the
-caller's own sidecar (``request_as``), once before the policy is applied and once after, so the
-table shows that the policy made the difference. Each answer is classified as
+For every ``expect`` row (caller, path, method, allowed) a few real requests are made *as the
+caller* (``RequestAs.requests_as``: through the caller's own sidecar on the local mesh; on a cluster
+from a short-lived Job running as the caller's ServiceAccount, joined to the mesh — one per caller
+and phase, all callers at once), once before the policy is applied and once after (when the backend
+says the policy has reached its proxies, ``policy_settle_s``), so the table shows that the policy
+made the difference. Each answer is classified as
 
-- ``denied``: 403 from the proxy's authorization filter (Envoy's "RBAC: access denied", or a 403
-  that did not come from the app),
+- ``denied``: the proxy refused it (Envoy's "RBAC: access denied", Linkerd's ``l5d-proxy-error``, a
+  403 that did not come from the app, a reset by an L4 policy),
 - ``error``: no answer (connection error, timeout) or a 5xx: the policy was never tested,
 - ``allowed``: anything else (the request passed the policy and the app answered).
 
@@ -17,11 +20,13 @@ previous policy (or none) is restored afterwards, also when the run fails.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from workbench.backends.base import Answer, Probe
 from workbench.experiments.session import ExperimentResult, Session
 from workbench.report.plots import COLOURS, styled
 
@@ -31,11 +36,11 @@ OUTCOMES = ("allowed", "denied", "error", "mixed")
 LOADGEN = "loadgen"  # the load generator's identity: a caller besides the services
 
 
-def classify(status: int, body: str, from_app: bool) -> str:
-    """``allowed``, ``denied`` (a policy denial) or ``error`` for one answer (status 0 = none)."""
-    if status == 403 and (body.lstrip().startswith("RBAC") or not from_app):
+def classify(answer: Answer) -> str:
+    """``allowed``, ``denied`` (the proxy's denial) or ``error`` for one answer (status 0 = none)."""
+    if answer.denied:
         return "denied"
-    if status <= 0 or status >= 500:
+    if answer.status <= 0 or answer.status >= 500:
         return "error"
     return "allowed"
 
@@ -60,31 +65,23 @@ def validate(spec: Any, services: list[str]) -> None:
                 f"{spec.name}: expect[{i}].caller: {row.caller!r} is not a service of the mesh "
                 f"(callers: {known} or {LOADGEN})"
             )
-        if not row.path.startswith("/"):
-            raise ValueError(f"{spec.name}: expect[{i}].path: must start with '/' (got {row.path!r})")
+        if not row.path.startswith("/") or any(c.isspace() or c in "'\"\\" for c in row.path):
+            raise ValueError(
+                f"{spec.name}: expect[{i}].path: must start with '/' and have no spaces or quotes "
+                f"(got {row.path!r})"
+            )
 
 
-def _observe(mesh: Any, service: str, row: Any, attempts: int) -> dict[str, Any]:
-    """``attempts`` real requests for one row: statuses, outcomes, and any transport error."""
-    import requests
-
-    statuses: list[int] = []
-    outcomes: list[str] = []
-    problems: list[str] = []
-    for _ in range(attempts):
-        try:
-            resp = mesh.request_as(row.caller, service, row.path, row.method)
-        except requests.RequestException as exc:
-            statuses.append(0)
-            outcomes.append("error")
-            problems.append(f"{type(exc).__name__}: {exc}"[:200])
-            continue
-        from_app = "x-service" in resp.headers or "x-version" in resp.headers
-        statuses.append(resp.status_code)
-        outcomes.append(classify(resp.status_code, resp.text[:200], from_app))
-        if outcomes[-1] == "error":
-            problems.append(f"{resp.status_code} {resp.text[:120].strip()}")
-    return {"statuses": statuses, "outcomes": outcomes, "observed": summarise(outcomes), "problems": problems}
+def _observe(mesh: Any, service: str, rows: list[Any], attempts: int) -> list[dict[str, Any]]:
+    """``attempts`` real requests per row, as its caller: statuses, outcomes, and any problem."""
+    probes = [Probe(row.caller, row.method, row.path) for row in rows]
+    out = []
+    for answers in mesh.requests_as(service, probes, attempts):
+        outcomes = [classify(a) for a in answers]
+        problems = [a.error or f"{a.status}" for a, o in zip(answers, outcomes, strict=True) if o == "error"]
+        out.append({"statuses": [a.status for a in answers], "outcomes": outcomes,
+                    "observed": summarise(outcomes), "problems": problems})  # fmt: skip
+    return out
 
 
 def run(s: Session) -> None:
@@ -103,12 +100,15 @@ def run(s: Session) -> None:
         "after": [],
     }
     s.progress(f"authz: {len(spec.expect)} checks x {ATTEMPTS} requests before the policy")
-    data["before"] = [_observe(mesh, service, row, ATTEMPTS) for row in spec.expect]
+    data["before"] = _observe(mesh, service, spec.expect, ATTEMPTS)
     s.save_json(DATA_FILE, data)
     try:
         mesh.set_policy(spec.policy)
-        s.progress(f"authz: policy applied to {service}; {len(spec.expect)} checks again")
-        data["after"] = [_observe(mesh, service, row, ATTEMPTS) for row in spec.expect]
+        settle = float(getattr(mesh, "policy_settle_s", 0.0))
+        s.progress(f"authz: policy applied to {service}; {len(spec.expect)} checks again" +
+                   (f" after {settle:g} s for it to reach the proxies" if settle else ""))  # fmt: skip
+        time.sleep(settle)
+        data["after"] = _observe(mesh, service, spec.expect, ATTEMPTS)
         s.save_json(DATA_FILE, data)
     finally:
         if previous is not None:

@@ -27,22 +27,35 @@ Where the data comes from depends on the backend. The local mesh runs k6 here: e
 per-request samples (``step-<i>.json``); k6 runs the step as one process, so its window looks are
 made when the step's samples are in, and a rollback found at a window of the step is acted on at
 the step's end (the decision records the window and the seconds of data it was found at). A backend
-that offers ``observe`` (the ``Observer`` seam: a Kubernetes cluster) is not loaded by the canary:
-the step is observed window by window while the versions serve their **real traffic** — each
-version's per-window requests, errors and latency histogram read from the cluster's Prometheus
-(``step-<i>.telemetry.json``) — and with ``anytime`` a rollback stops the step at once; the spec's
-rps/connections are not used there. Windows are then Prometheus' (aligned to multiples of
-``window``, whole seconds, at least the scrape interval).
+that offers ``observe`` (the ``Observer`` seam: a Kubernetes cluster) is observed window by window:
+each version's per-window requests, errors and latency histogram read from the cluster's Prometheus
+(``step-<i>.telemetry.json``; windows aligned to multiples of ``window``, whole seconds, at least the
+scrape interval), and with ``anytime`` a rollback stops the step at once. The traffic there is
+
+- **generated** when the spec sets ``rps``: one k6 load (``start_load``: a Job, or the k6 operator's
+  TestRun) drives the service through the mesh for the whole roll-out, at ``rps`` with
+  ``connections``, started before the first step and deleted after the last (also on failure);
+- **real** otherwise: the versions serve their own traffic, which must reach the per-window minimum
+  a look needs (``MIN_PER_WINDOW`` requests a window for the step's latency metrics — a p99 needs
+  100; one for error rate alone — in each of the step's whole windows, up to ``MIN_WINDOWS`` of them,
+  for each version). A step short of it waits, window by window, up to ``MAX_WAIT_FACTOR`` times its
+  duration more, says so (progress and ``waiting for traffic``/``traffic short``/``traffic enough``
+  events), then looks at what it has: a too thin arm is then judged by the statistics' own
+  ``no_data`` policy rather than by a guess.
+
+``rps: auto`` (local mesh, or a cluster canary that generates load) first probes the capacity of
+the mesh and runs at half of it (``experiments.autorate``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +72,7 @@ from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult, empty_samples
 from workbench.metrics.histogram import Histogram, merge
 from workbench.report.plots import COLOURS, add_markers, interval_chart, styled
-from workbench.stats.compare import Margin, window_tables
+from workbench.stats.compare import MIN_PER_WINDOW, MIN_WINDOWS, Margin, window_tables
 from workbench.stats.sequential import AnytimeTest, Decision, SequentialTest
 from workbench.stats.windows import start_of, window_table
 
@@ -84,6 +97,8 @@ ACTION_STYLE = {  # decision markers: colour and symbol per action
     "inconclusive": ("#ff7f0e", "diamond"),
 }
 VERDICT_CODE = {"better": 0, "equivalent": 1, "inconclusive": 2, "worse": 3}
+MAX_WAIT_FACTOR = 2.0  # a step short of traffic waits at most this many times its duration more
+LOAD_MARGIN_S = 120.0  # the background load outlasts the planned roll-out (and its waits) by this
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,51 +332,16 @@ def run(s: Session) -> None:
     timeline = Timeline(s, plan)
     timeline.add("initial split", split=mesh.get_split(plan.service))
     looker = Looker(plan)
-    rps = None
-    if spec.model == "open" and not isinstance(mesh, Observer):  # a cluster's canary generates no load
+    rps = None  # the rate k6 runs at: the spec's, or rps auto's choice; None: the observed traffic only
+    if spec.model == "open" and (not isinstance(mesh, Observer) or "rps" in spec.model_fields_set):
         rps = autorate.choose(s, lambda: nullcontext(mesh), what="the mesh the canary runs on",
                               connections=spec.connections).rps  # fmt: skip
-    n = len(plan.steps)
     frames: list[pd.DataFrame] = []
     outcome, reason = "failed", "the run ended before its first decision"
     with _sigterm_raises():
         try:
-            for i, st in enumerate(plan.steps, start=1):
-                weight, duration = st["weight"], st["duration_s"]
-                if weight >= 100:  # the promotion step: only reached when every look passed
-                    break
-                split = plan.split(weight)
-                mesh.set_split(plan.service, split)
-                timeline.add("split", split=split, reason=f"step {i}/{n}")
-                timeline.add("step start", step=i, weight=weight, duration_s=duration)
-                s.progress(f"canary step {i}/{n}: {weight}% to {plan.canary} for {duration:g} s")
-                warmup = float(spec.warmup or 0) if i == 1 else 0.0
-                made: list[Decision] = []
-
-                def on_window(partial: pd.DataFrame, made: list[Decision] = made) -> bool:
-                    made += looker.look([*frames, partial], final=False, force=False)
-                    return bool(made) and made[-1].action == "rollback"
-
-                watch = on_window if plan.anytime else None
-                data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup, rps), watch)
-                timeline.add("step end", step=i, weight=weight, requests=_requests(data), file=file)
-                frames.append(data)
-                if not (made and made[-1].action == "rollback"):
-                    made += looker.look(frames, final=i == plan.looks)
-                decision = made[-1]
-                timeline.add("decision", **_decision_record(decision, i, made, plan.window_s))
-                how = (
-                    f"{len(made)} window look(s), confidence sequence at alpha {plan.alpha:g}"
-                    if plan.anytime
-                    else f"look {i}/{plan.looks}, alpha spent {decision.alpha_spent:.4g}"
-                )
-                s.progress(f"canary step {i}/{n}: {weight}% {how}: {decision.action}")
-                if decision.action == "continue":
-                    continue
-                outcome = {"promote": "promoted", "rollback": "rolled back"}.get(decision.action, "")
-                outcome = outcome or ("paused" if plan.on_fail == "pause" else "inconclusive")
-                reason = "; ".join(decision.reasons)
-                break
+            with _background_load(s, mesh, plan, timeline, rps) as load:
+                outcome, reason = _walk(s, mesh, plan, timeline, looker, frames, load, rps)
         except KeyboardInterrupt:
             outcome, reason = "interrupted", "interrupted (Ctrl-C / SIGINT)"
             raise
@@ -375,11 +355,104 @@ def run(s: Session) -> None:
             _finish(s, mesh, plan, timeline, outcome, reason)
 
 
+def _walk(
+    s: Session, mesh: Any, plan: Plan, timeline: Timeline, looker: Looker, frames: list[pd.DataFrame],
+    load: Any, rps: float | None,
+) -> tuple[str, str]:  # fmt: skip
+    """The steps and their looks; (outcome, reason) of the last look (``failed`` if none decided)."""
+    spec, n = s.spec, len(plan.steps)
+    outcome, reason = "failed", "the run ended before its first decision"
+    for i, st in enumerate(plan.steps, start=1):
+        weight, duration = st["weight"], st["duration_s"]
+        if weight >= 100:  # the promotion step: only reached when every look passed
+            break
+        split = plan.split(weight)
+        mesh.set_split(plan.service, split)
+        timeline.add("split", split=split, reason=f"step {i}/{n}")
+        timeline.add("step start", step=i, weight=weight, duration_s=duration)
+        s.progress(f"canary step {i}/{n}: {weight}% to {plan.canary} for {duration:g} s")
+        warmup = float(spec.warmup or 0) if i == 1 else 0.0
+        made: list[Decision] = []
+
+        def on_window(partial: pd.DataFrame, made: list[Decision] = made) -> bool:
+            made += looker.look([*frames, partial], final=False, force=False)
+            return bool(made) and made[-1].action == "rollback"
+
+        watch = on_window if plan.anytime else None
+        data, file = _measure(s, mesh, plan, i, profile(spec, duration, warmup, rps), timeline, load, watch)
+        timeline.add("step end", step=i, weight=weight, requests=_requests(data), file=file)
+        frames.append(data)
+        if not (made and made[-1].action == "rollback"):
+            made += looker.look(frames, final=i == plan.looks)
+        decision = made[-1]
+        timeline.add("decision", **_decision_record(decision, i, made, plan.window_s))
+        how = (
+            f"{len(made)} window look(s), confidence sequence at alpha {plan.alpha:g}"
+            if plan.anytime
+            else f"look {i}/{plan.looks}, alpha spent {decision.alpha_spent:.4g}"
+        )
+        s.progress(f"canary step {i}/{n}: {weight}% {how}: {decision.action}")
+        if decision.action == "continue":
+            continue
+        outcome = {"promote": "promoted", "rollback": "rolled back"}.get(decision.action, "")
+        outcome = outcome or ("paused" if plan.on_fail == "pause" else "inconclusive")
+        reason = "; ".join(decision.reasons)
+        break
+    return outcome, reason
+
+
+def _background_load(
+    s: Session, mesh: Any, plan: Plan, timeline: Timeline, rps: float | None
+) -> AbstractContextManager[Any]:
+    """On an ``Observer`` backend with the spec's ``rps`` given: one load for the whole roll-out
+    (deleted when the block ends, whatever happens); else nothing to generate."""
+    spec = s.spec
+    if not isinstance(mesh, Observer) or "rps" not in spec.model_fields_set:
+        return nullcontext()
+    planned = float(spec.warmup or 0) + sum(st["duration_s"] for st in plan.steps) * (1 + MAX_WAIT_FACTOR)
+    load = profile(spec, planned + LOAD_MARGIN_S, 0.0, rps)
+    what = f"{rps:g} rps" if rps is not None else "closed-model load"
+    s.progress(f"canary: generating {what} on {plan.service} with {spec.connections} connections "
+               "for the whole roll-out")  # fmt: skip
+    timeline.add("load start", rps=rps, connections=spec.connections, planned_s=load.duration_s)
+    return mesh.start_load(plan.service, load)
+
+
+def traffic_minimum(metrics: list[str]) -> int:
+    """Requests per window a look needs in each arm: the most the step's latency metrics need
+    (``MIN_PER_WINDOW``: a p99 needs 100), 1 for error rate alone."""
+    return max([MIN_PER_WINDOW.get(m, 5) for m in metrics if m != "error_rate"] or [1])
+
+
+def short_of_traffic(frame: pd.DataFrame, plan: Plan, start: float, end: float) -> str:
+    """What is short ("" when nothing): each version needs the minimum requests in as many windows as
+    lie wholly in ``[start, end]`` (windows aligned to multiples of ``window``; at most ``MIN_WINDOWS``,
+    at least one)."""
+    need = traffic_minimum(plan.metrics)
+    whole = math.floor(end / plan.window_s) - math.ceil(start / plan.window_s)
+    wanted = max(1, min(MIN_WINDOWS, whole))
+    short = []
+    for version in (plan.stable, plan.canary):
+        rows = frame[frame["version"].astype(str) == version]
+        enough = int((rows["requests"] >= need).sum())
+        if enough < wanted:
+            short.append(f"{version} {enough} of {wanted} windows with >= {need} requests")
+    return "; ".join(short)
+
+
 def _measure(
-    s: Session, mesh: Any, plan: Plan, step: int, load: LoadProfile, on_window: Any = None
+    s: Session,
+    mesh: Any,
+    plan: Plan,
+    step: int,
+    load: LoadProfile,
+    timeline: Timeline,
+    background: Any = None,
+    on_window: Any = None,
 ) -> tuple[pd.DataFrame, str]:
-    """One step's data, stored at once: k6 samples (local mesh), or the versions' real traffic observed
-    in telemetry over the step (an ``Observer`` backend: a cluster). Returns (data, file name).
+    """One step's data, stored at once: k6 samples (local mesh), or the versions' traffic observed in
+    telemetry over the step (an ``Observer`` backend: a cluster), waiting for traffic that falls short
+    of the per-window minimum (bounded, see the module docstring). Returns (data, file name).
 
     ``on_window`` (Observer only): called with the step's data so far after every window; when it
     returns True the step ends there (a rollback need not wait for the step's end)."""
@@ -387,24 +460,60 @@ def _measure(
         result = mesh.run_load(plan.service, load)
         storage.save(result, s.store, f"step-{step}")
         return result.samples, f"step-{step}.json"
-    time.sleep(load.warmup_s)
+    _wait(load.warmup_s, background)
     start = time.time()
     end = start + load.duration_s
     while True:
         wait = end - time.time() if on_window is None else min(plan.window_s, end - time.time())
         if wait > 0:
-            time.sleep(wait)
+            _wait(wait, background)
         now = min(time.time(), end)
-        observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, now, plan.window_s)
-        frame = pd.concat(
-            [f.assign(version=v) for v, f in observed.items()] or [pd.DataFrame(columns=TELEMETRY_COLUMNS)],
-            ignore_index=True,
-        )[TELEMETRY_COLUMNS]
-        if now >= end or (on_window is not None and on_window(frame)):
+        frame = _observed(mesh, plan, start, now)
+        if now >= end:
             break
+        if on_window is not None and on_window(frame):  # rolled back mid-step: no waiting for more
+            name = f"step-{step}{TELEMETRY_SUFFIX}"
+            save_telemetry(frame, s.store / name)
+            return frame, name
+    waited, bound = 0.0, MAX_WAIT_FACTOR * load.duration_s
+    while (short := short_of_traffic(frame, plan, start, end)) and waited < bound:
+        if waited == 0:
+            timeline.add("waiting for traffic", step=step, short=short, max_wait_s=bound)
+            s.progress(f"canary step {step}: traffic below the per-window minimum ({short}); waiting up to "
+                       f"{bound:g} s more")  # fmt: skip
+        pause = min(plan.window_s, bound - waited)
+        _wait(pause, background)
+        waited += pause
+        end = time.time()
+        frame = _observed(mesh, plan, start, end)
+    if waited:
+        if short:
+            timeline.add("traffic short", step=step, short=short, waited_s=waited)
+            s.progress(f"canary step {step}: still short of traffic after {waited:g} s ({short}); looking "
+                       "at what there is")  # fmt: skip
+        else:
+            timeline.add("traffic enough", step=step, waited_s=waited)
     name = f"step-{step}{TELEMETRY_SUFFIX}"
     save_telemetry(frame, s.store / name)
     return frame, name
+
+
+def _observed(mesh: Any, plan: Plan, start: float, end: float) -> pd.DataFrame:
+    observed = mesh.observe(plan.service, [plan.stable, plan.canary], start, end, plan.window_s)
+    return pd.concat(
+        [f.assign(version=v) for v, f in observed.items()] or [pd.DataFrame(columns=TELEMETRY_COLUMNS)],
+        ignore_index=True,
+    )[TELEMETRY_COLUMNS]
+
+
+def _wait(seconds: float, background: Any) -> None:
+    """Sleep ``seconds``; with a background load, look at it every few seconds (a failed load stops
+    the roll-out with its error instead of leaving the steps without traffic)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 2.0))
+        if background is not None:
+            background.poll()
 
 
 def save_telemetry(frame: pd.DataFrame, path: Any) -> None:

@@ -39,14 +39,16 @@ from workbench.report.plots import COLOURS, PALETTE, styled
 from workbench.stats.trials import paired_trials
 
 POINTS, TRAVERSALS = "points", "traversals"
+CLUSTER = "cluster"  # the "mode" of a cluster's points: its own data plane
 MIN_ACHIEVED_PCT = 99.0
 PERCENTILES = ("p50", "p90", "p99")
 DASHES = {"p50": "solid", "p90": "dash", "p99": "dot"}
 
 
 def modes(s: Session) -> tuple[str, ...]:
-    """The sidecar modes to sweep: the spec's ``modes``, else the backend's own mode."""
-    return tuple(s.spec.modes or [getattr(s.config.backend, "mode", "both")])
+    """The sidecar modes to sweep: the spec's ``modes``, else the backend's own mode (on a cluster:
+    ``cluster``, the one data plane there is)."""
+    return tuple(s.spec.modes or [getattr(s.config.backend, "mode", CLUSTER)])
 
 
 def sweep_spec(s: Session) -> SweepSpec:

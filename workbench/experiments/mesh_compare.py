@@ -39,6 +39,9 @@ The decision matrix for "Istio, Linkerd or Consul?" shows what this run measured
 sidecar (the data plane of Istio and Consul), measured here", beside what each mesh *publishes*
 about its data plane (``mesh_features.yaml``: figures quoted with their source) and the features
 each documents. Nothing measured here is labelled as a mesh it was not.
+
+``meshes`` (kube contexts, each with its mesh) compares meshes on clusters instead, with trials as
+replicates: ``mesh_compare_clusters.py``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,6 @@ import plotly.graph_objects as go
 import yaml
 
 from workbench.analysis import proxycost
-from workbench.backends.base import BackendError
 from workbench.backends.local.layout import MODES
 from workbench.experiments import autorate
 from workbench.experiments.session import ExperimentResult, Session
@@ -91,11 +93,11 @@ def run(s: Session) -> None:
     if spec.fortio_results is not None:
         ingest(s)
         return
-    if spec.modes is None:
-        raise BackendError(
-            "mesh_compare 'meshes' compares meshes installed in a cluster; this version drives the local "
-            "mesh only (use 'modes' for local sidecar modes, or 'fortio_results' to ingest runs)"
-        )
+    if spec.meshes is not None:
+        from workbench.experiments import mesh_compare_clusters
+
+        mesh_compare_clusters.run(s)
+        return
     with s.quiet_others():
         rps = _rate(s)
         sweep = SweepSpec(
@@ -324,6 +326,10 @@ def observer_table(arms: Arms, store: Path) -> pd.DataFrame:
 def analyse(s: Session) -> ExperimentResult:
     """Proxy cost per traversal, overhead per mode and connection count, from the stored runs alone."""
     spec = s.spec
+    if spec.meshes is not None:
+        from workbench.experiments import mesh_compare_clusters
+
+        return mesh_compare_clusters.analyse(s)
     arms, fortio = _stored(s)
     base, names = order(s, arms)
     percentiles = pd.DataFrame([{"mode": a, "connections": c, "trials": len(runs), **_percentiles_of(runs)}

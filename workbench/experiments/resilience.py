@@ -65,8 +65,9 @@ def profile(spec: Any) -> LoadProfile:
     )
 
 
-def validate(spec: Any, services: dict[str, tuple[str, ...]]) -> None:
-    """Raise ValueError naming the field when the service or dependency is unknown or not called."""
+def validate(spec: Any, services: dict[str, tuple[str, ...] | None]) -> None:
+    """Raise ValueError naming the field when the service or dependency is unknown or, where the
+    backend knows who calls whom (the local mesh's topology), not called by the service."""
     known = ", ".join(services)
     for field in ("service", "dependency"):
         if getattr(spec, field) not in services:
@@ -75,7 +76,7 @@ def validate(spec: Any, services: dict[str, tuple[str, ...]]) -> None:
                 f"{spec.name}: {field}: {value!r} is not a service of the mesh (services: {known})"
             )
     calls = services[spec.service]
-    if spec.dependency not in calls:
+    if calls is not None and spec.dependency not in calls:
         raise ValueError(
             f"{spec.name}: dependency: {spec.service} does not call {spec.dependency!r}, so a fault on it "
             f"cannot show in {spec.service}'s answers ({spec.service} calls: {', '.join(calls) or 'nothing'})"
@@ -114,7 +115,7 @@ def _set_fault(mesh: Any, service: str, fault: Any, at: str) -> str:
 def run(s: Session) -> None:
     """Inject the fault, run the load once per protection, store each result, restore everything."""
     spec, mesh = s.spec, s.backend()
-    validate(spec, {svc.name: tuple(svc.calls) for svc in mesh.services()})
+    validate(spec, {svc.name: svc.calls for svc in mesh.services()})
     prev = _previous(mesh, spec.dependency)
     setup: dict[str, Any] = {
         "service": spec.service,

@@ -162,13 +162,16 @@ class Session:
 
     def mesh(self, mode: str, fresh: bool = False) -> AbstractContextManager[Any]:
         """A local mesh in sidecar ``mode``: the session's own when the mode matches, else a new one
-        (without the workbench's telemetry).
+        (without the workbench's telemetry). On a cluster the one mode there is, ``cluster`` (its
+        own data plane), is the backend itself.
 
         ``fresh``: always a new mesh, without the workbench's own telemetry (Prometheus and the
         exporters; Envoy's stats and access logs stay), as comparisons between modes need: every
         arm starts alike, and the workbench does not eat the capacity it measures."""
         backend = self.config.backend
         if backend.type != "local":
+            if mode == "cluster":
+                return nullcontext(self.backend())
             raise BackendError(f"sidecar modes are a local-mesh setting; the backend is {backend.type!r}")
         if fresh:
             from workbench.backends.local.mesh import LocalMesh
@@ -326,9 +329,11 @@ def quick_spec(spec: Any) -> Any:
     """The same experiment, shortened for a smoke run (``--quick``).
 
     A fifth of each duration (at least 2 s; an A/B 10 s, a canary step 5 s, traces 8 s), warm-up at
-    most 1 s, windows short enough for >= 4 per phase, sweeps cut to their first and last values, one
+    most 1 s, windows short enough for >= 4 per phase (whole seconds, as a cluster's Prometheus
+    windows are), sweeps cut to their first and last values, one
     repetition; a mesh comparison keeps its baseline and its last mode at its first connection
-    count, one trial of 8 s (at least) per mode. Interleaved trials are what full runs are for.
+    count, one trial of 8 s (at least) per mode — across clusters (``meshes``) two trials, the least
+    an interval over trials needs. Interleaved trials are what full runs are for.
     """
     spec = spec.model_copy(deep=True)
     if getattr(spec, "duration", None):
@@ -341,7 +346,10 @@ def quick_spec(spec: Any) -> Any:
         values = getattr(spec, name, None)
         if isinstance(values, list) and len(values) > 2:
             setattr(spec, name, [values[0], values[-1]])
-    if getattr(spec, "kind", "") == "mesh_compare":
+    if getattr(spec, "kind", "") == "mesh_compare" and spec.meshes is not None:
+        spec.trials = 2  # across clusters the interval is over trials: two is the least that gives one
+        spec.connections = spec.connections[:1]
+    elif getattr(spec, "kind", "") == "mesh_compare":
         # one trial per mode, as long as two: the same windows, two fresh meshes (~7 s each) fewer
         spec.trials = 1
         if spec.duration:
@@ -354,8 +362,8 @@ def quick_spec(spec: Any) -> Any:
         spec.repetitions = 1
     durations = [getattr(spec, "duration", None) or math.inf]
     shortest = min([*durations, *[s.duration for s in getattr(spec, "steps", None) or []]])
-    if getattr(spec, "window", None) and math.isfinite(shortest):
-        spec.window = max(1.0, min(spec.window, shortest / 4))
+    if getattr(spec, "window", None) and math.isfinite(shortest):  # whole seconds: Prometheus' windows too
+        spec.window = max(1.0, float(math.floor(min(spec.window, shortest / 4))))
     return spec
 
 

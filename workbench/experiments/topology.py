@@ -280,6 +280,9 @@ def analyse(s: Session) -> ExperimentResult:
                 }
                 for c in result.ranking
             ]
+        else:
+            headline += (". Not localized: no access logs here, and a half had no whole telemetry window "
+                         "(run longer)")  # fmt: skip
     if spec.change is not None:
         figures["changed_service"] = spec.change.service
     return ExperimentResult(
@@ -335,6 +338,8 @@ def _localize(
 
         base = (part(telemetry["inbound"], b0, b1), part(telemetry["outbound"], b0, b1))
         changed = (part(telemetry["inbound"], c0, c1), part(telemetry["outbound"], c0, c1))
+        if not len(base[0]) or not len(changed[0]):  # a half shorter than a Prometheus window: no windows
+            return None
         return loc.localize_telemetry(base, changed, w, margin=s.margin, alpha=s.spec.alpha)
     return None
 

@@ -19,6 +19,11 @@ exclude each other's estimates). Here the trial is the unit (windows stay nested
    variation to estimate: the verdict is ``no interval`` and the note says "no interval (one
    trial per mode)" -- never an interval that pretends.
 
+Per-trial values are the caller's choice of estimate. ``per_trial`` gives the usual one from raw
+samples: each metric's mean over the trial's windows (a window counts for a quantile when it has
+``MIN_PER_WINDOW`` requests, so a p99 needs 100), the windows only making a trial's estimate
+steady; ``trial_window`` picks those windows' width.
+
 ``one_sample`` is the same idea for a single arm (e.g. the proxy's own time per traversal, one
 p50 per trial): mean over trials with a t interval.
 
@@ -29,15 +34,20 @@ Results are objects in the scipy.stats manner: ``estimate``, ``ci`` (a ``Confide
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
+from workbench.stats.estimates import MIN_PER_WINDOW
 from workbench.stats.interval import ConfidenceInterval
+from workbench.stats.windows import WindowInput, start_of, window_table
 
-__all__ = ["NO_INTERVAL", "TrialResult", "one_sample", "paired_trials"]
+__all__ = ["NO_INTERVAL", "TrialResult", "one_sample", "paired_trials", "per_trial", "trial_window"]
+
+PerTrial = Sequence[float] | Mapping[int, float]
 
 NO_INTERVAL = "no interval"
 ONE_TRIAL_NOTE = "no interval (one trial per mode)"
@@ -118,25 +128,29 @@ def _result(
 
 
 def paired_trials(
-    baseline: Sequence[float],
-    candidate: Sequence[float],
+    baseline: PerTrial,
+    candidate: PerTrial,
     *,
     margin: float = 0.0,
     confidence: float = 0.95,
+    paired: bool | None = None,
 ) -> TrialResult:
     """Candidate minus baseline from one value per trial and arm; see the module docstring.
 
-    ``baseline[i]`` and ``candidate[i]`` are trial i of each arm (run back to back). Equal
-    lengths: paired t with n - 1 df over the per-trial differences; unequal: Welch over the
-    per-trial values. Fewer than two trials on either side: verdict ``no interval``.
+    ``baseline``/``candidate``: per-trial values, in trial order or keyed by trial number; a
+    trial without a (finite) value is left out. ``paired`` None: paired t with n - 1 df over the
+    per-trial differences when both arms have the same trials (``baseline[i]`` and
+    ``candidate[i]`` ran back to back), else Welch over the per-trial values; False forces Welch.
+    Fewer than two trials on either side: verdict ``no interval``.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1 (got {confidence})")
-    a, b = _values(baseline), _values(candidate)
-    if not len(a) or not len(b):
-        raise ValueError(f"need at least one trial per arm (got {len(a)} baseline, {len(b)} candidate)")
+    ka, kb = _keyed(baseline), _keyed(candidate)
+    if not ka or not kb:
+        raise ValueError(f"need at least one trial per arm (got {len(ka)} baseline, {len(kb)} candidate)")
+    a, b = np.array([ka[t] for t in sorted(ka)]), np.array([kb[t] for t in sorted(kb)])
     base, cand = float(a.mean()), float(b.mean())
-    if len(a) == len(b):
+    if (set(ka) == set(kb)) if paired is None else (paired and set(ka) == set(kb)):
         d = b - a
         n = len(d)
         se = float(d.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
@@ -153,6 +167,11 @@ def paired_trials(
     return _result(cand - base, se, float(df), n, confidence, margin, method, base, cand, np.array([]))
 
 
+def _keyed(values: PerTrial) -> dict[int, float]:
+    items = values.items() if isinstance(values, Mapping) else enumerate(values)
+    return {int(t): float(v) for t, v in items if v is not None and math.isfinite(float(v))}
+
+
 def one_sample(values: Sequence[float], *, confidence: float = 0.95, margin: float = 0.0) -> TrialResult:
     """The mean of one value per trial with a t interval over trials (n - 1 df)."""
     if not 0 < confidence < 1:
@@ -164,3 +183,29 @@ def one_sample(values: Sequence[float], *, confidence: float = 0.95, margin: flo
     se = float(x.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
     method = f"mean over {n} trials, t interval ({n - 1} df)" if n >= 2 else "one trial"
     return _result(float(x.mean()), se, n - 1, n, confidence, margin, method, math.nan, float(x.mean()), x)
+
+
+def trial_window(duration_s: float, rate: float, min_requests: int = MIN_PER_WINDOW["p99"]) -> float:
+    """Equal windows per trial: ~duration/5, >= 1 s, long enough for ``min_requests`` at ``rate`` (a
+    p99 needs 100), at least 2 per trial — many enough to steady a trial's estimate, big enough for
+    its quantiles."""
+    target = max(1.0, duration_s / 5, min_requests / rate if rate > 0 else 0.0)
+    return duration_s / max(2, math.floor(duration_s / target))
+
+
+def per_trial(trials: Mapping[int, WindowInput], metrics: Sequence[str], window_s: float) -> pd.DataFrame:
+    """One row per trial: each metric's mean over the trial's windows (windows aligned to the
+    trial's own start; a window counts for a quantile when it has ``MIN_PER_WINDOW`` requests),
+    plus ``requests`` and ``windows``. A trial without such windows has NaN for that metric."""
+    rows = []
+    for trial, data in sorted(trials.items()):
+        origin = start_of(data)
+        table = window_table(data, window_s, origin) if origin is not None else pd.DataFrame()
+        requests = float(table["count"].sum()) if len(table) else 0.0
+        row: dict[str, float] = {"trial": trial, "requests": requests, "windows": float(len(table))}
+        for metric in metrics:
+            need = MIN_PER_WINDOW.get(metric, 5)
+            usable = table[table["count"] >= need][metric] if len(table) else pd.Series(dtype=float)
+            row[metric] = float(usable.mean()) if len(usable) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["trial", "requests", "windows", *metrics]).set_index("trial")

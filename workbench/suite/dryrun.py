@@ -3,7 +3,9 @@
 On a cluster it connects (reads only: discovery, the mesh), then renders through the mesh adapter
 in dry-run mode the first objects each experiment would apply — the split of an A/B or of a
 canary's first step, an authorization policy, a fault and the first protection — and prints them
-as YAML. On the local mesh nothing outside this machine changes, so it prints the plan.
+as YAML. On the local mesh nothing outside this machine changes, so it prints the plan. Either way
+an experiment needing a feature the backend lacks (``config.capabilities``) is shown as refused,
+with what to change, and the dry run ends with a ConfigError listing them.
 """
 
 from __future__ import annotations
@@ -38,19 +40,32 @@ def first_changes(backend: Any, spec: Any) -> list[dict[str, Any]]:
     return []
 
 
-def plan_run(cfg: cfgmod.Config, selected: list[Any], echo: Echo) -> None:
-    """Print each experiment's plan and, on a cluster, the objects it would write first."""
+def plan_run(cfg: cfgmod.Config, selected: list[Any], echo: Echo, source: str = "experiments.yaml",
+             text: str | None = None) -> None:  # fmt: skip
+    """Print each experiment's plan and, on a cluster, the objects it would write first; ConfigError
+    at the end when the backend cannot run some of them (each printed as refused)."""
+    from workbench.config.capabilities import capability_problems, offer_for
+
     b = cfg.backend
     for spec in selected:
         echo(f"{spec.name} ({spec.kind}): {spec.plan() or spec.description}")
+    names = [s.name for s in selected]
     if b.type == "local":
         echo(f"local mesh (mode {b.mode}): processes on 127.0.0.1 only; nothing outside this machine changes")
+        _refuse(capability_problems(cfg, offer_for(b), "local", source, text, names), echo)
         return
     from workbench.backends.kubernetes.backend import KubernetesBackend
 
     backend = KubernetesBackend.from_settings(b, dry_run=True)
     echo(f"cluster: context {backend.cluster.context}, namespace {backend.namespace}, mesh {backend.mesh}")
-    for spec in selected:
+    problems = capability_problems(cfg, backend.capabilities(), "kubernetes", source, text, names)
+    refused = {p.path.split(".")[0] for p in problems}
+    for i, spec in enumerate(cfg.experiments):
+        if spec.name not in names:
+            continue
+        if f"experiments[{i}]" in refused:
+            echo(f"--- {spec.name}: refused, writes nothing (see below)")
+            continue
         manifests = first_changes(backend, spec)
         if not manifests:
             echo(f"--- {spec.name}: generates load and reads telemetry; writes no mesh object")
@@ -59,3 +74,10 @@ def plan_run(cfg: cfgmod.Config, selected: list[Any], echo: Echo) -> None:
         for manifest in manifests:
             echo(yaml.safe_dump(manifest, sort_keys=False).rstrip())
             echo("---")
+    _refuse(problems, echo)
+
+
+def _refuse(problems: list[Any], echo: Echo) -> None:
+    if problems:
+        echo(f"refused: {len(problems)} need(s) the backend cannot meet")
+        raise cfgmod.ConfigError(problems)

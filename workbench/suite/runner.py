@@ -6,6 +6,9 @@ parameters into ``data/runs/<run-id>/<name>.ipynb`` (the notebook's session stor
 lists every experiment with its verdict. One local mesh serves the whole run (started here, or the
 one ``workbench local up`` runs); experiments that need other sidecar modes start their own.
 
+Before anything starts, every selected experiment's needs are checked against what the backend can
+do (``config.capabilities``; on a cluster after detecting its mesh, reading only): a missing feature
+is a ConfigError naming the experiment, the feature, the mesh and what to change — nothing is written.
 A failing experiment is marked failed with its reason and the others still run. Ctrl-C or SIGTERM
 interrupts the running experiment's kernel (its ``finally`` puts traffic back on the stable
 version), the runner checks the traffic state itself, renders what was collected and stops.
@@ -76,12 +79,13 @@ def run_suite(
 
     Next to the HTML, ``summary.json`` and ``junit.xml`` judge the verdicts against ``fail_on``.
     ``seed`` (else the config's, else a fresh one — always recorded) seeds every random choice.
-    Raises ConfigError for an invalid file and ValueError for unknown ``only`` names, before
-    anything starts.
+    Raises ConfigError for an invalid file or an experiment the backend cannot run, and ValueError
+    for unknown ``only`` names, before anything starts.
     """
     config_file = Path(config_file).resolve()
     cfg = cfgmod.load(config_file)
     selected = cfg.select(only)
+    check_backend_capabilities(cfg, selected, config_file, echo)
     if seed is None:
         seed = cfg.defaults.seed if cfg.defaults.seed is not None else random.SystemRandom().randrange(2**31)
     run_id = new_run_id()
@@ -91,7 +95,7 @@ def run_suite(
     run = {
         "run_id": run_id,
         "config": str(config_file),
-        "config_text": config_file.read_text(encoding="utf-8"),
+        "config_text": ci.Scrubber.from_environment()(config_file.read_text(encoding="utf-8")),
         "quick": quick,
         "backend": _describe_backend(cfg),
         "started": report_html.now_iso(),
@@ -143,6 +147,30 @@ def run_suite(
     return outcome
 
 
+def check_backend_capabilities(
+    cfg: cfgmod.Config, selected: list[Any], config_file: Path, echo: Echo = print
+) -> None:
+    """ConfigError when a selected experiment needs what the backend lacks (see the module docstring).
+
+    The local mesh's offer is its declared mode's; a cluster's is read from the cluster itself
+    (its mesh detected, Istio's ambient mode seen) — or, when it cannot be reached, the declared one.
+    """
+    from workbench.config.capabilities import check_capabilities, offer_for
+
+    offer = offer_for(cfg.backend)
+    if cfg.backend.type == "kubernetes":
+        from workbench.backends.kubernetes.backend import KubernetesBackend
+        from workbench.errors import BackendError
+
+        try:
+            live = KubernetesBackend.from_settings(cfg.backend, dry_run=True, record_releases=False)
+            offer = live.capabilities()
+        except BackendError as exc:  # unreachable: the experiments will say so; check what is declared
+            echo(f"capabilities: the cluster could not be asked ({exc}); checking the declared ones")
+    text = config_file.read_text(encoding="utf-8")
+    check_capabilities(cfg, offer, cfg.backend.type, str(config_file), text, [s.name for s in selected])
+
+
 def _finish(
     reports: Path, data_dir: Path, run: dict[str, Any], results: list[dict[str, Any]], fail_on: ci.FailOn
 ) -> None:
@@ -154,7 +182,13 @@ def _finish(
     history = write_history(reports, data_dir.parent)
     ci.write_artifacts(reports / run_id, run, results, fail_on)
     scrub = ci.Scrubber.from_environment()
-    for path in [*(reports / run_id).glob("*"), *data_dir.glob("*.ipynb"), *data_dir.glob("*/result.json")]:
+    kept = [
+        *data_dir.glob("*.ipynb"),
+        *data_dir.glob("*/result.json"),
+        data_dir / RUN_FILE,
+        data_dir / "progress.log",
+    ]
+    for path in [*(reports / run_id).glob("*"), *kept]:
         if path.is_file():
             scrub.file(path)
     for page in (reports / "index.html", history):

@@ -5,8 +5,10 @@ fault, retries, timeout, circuit breaker) — the same ``TrafficState`` the loca
 — and renders it into that mesh's objects (``render_traffic``), applied together with server-side
 apply, so one VirtualService (or HTTPRoute, ServiceSplitter ...) always carries the whole state.
 ``get_split`` reads the live objects, not memory: what the cluster does is what counts.
-Authorization has its own objects (``render_policy``). A feature a mesh cannot express raises
-``Unsupported`` naming the mesh and the feature — never a silently ignored setting.
+Authorization has its own objects (``render_policy``). What a mesh can express is declared in its
+class's ``CAPABILITIES`` (``backends.capabilities.Offer``), so validation refuses an experiment before
+anything is written; a feature a mesh cannot express still raises ``Unsupported`` naming the mesh and
+the feature should it be asked anyway — never a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from workbench.backends.base import BackendError, Split, TrafficState, full_split
+from workbench.backends.capabilities import Offer
 from workbench.backends.kubernetes.apply import Resource, Writer
 from workbench.backends.traffic import CircuitBreaker, Fault, Policy, Retries, Route
 
@@ -41,6 +44,11 @@ class MeshAdapter:
     state: dict[str, TrafficState] = field(default_factory=dict)
 
     mesh: ClassVar[str] = ""
+    CAPABILITIES: ClassVar[Offer]  # what the mesh can express (each subclass declares its own)
+
+    def capabilities(self) -> Offer:
+        """What this adapter, as configured, can express (the class's declaration by default)."""
+        return self.CAPABILITIES
 
     # -----------------------------------------------------------------------------------------
     # The Backend seam's traffic operations

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,19 +24,13 @@ from typing import Any
 import pandas as pd
 
 from workbench.audit import AuditLog
-from workbench.backends.base import BackendError, LoadTarget, Service, Split
+from workbench.backends.base import Answer, BackendError, LoadTarget, Probe, Service, Split
+from workbench.backends.capabilities import ADAPTERS, Offer, kubernetes_offer, load_class
 from workbench.backends.kubernetes.apply import WriteRecord
 from workbench.backends.kubernetes.cluster import Cluster, observe_releases
 from workbench.backends.traffic import CircuitBreaker, Fault, Policy, Retries, Route
 from workbench.load.results import LoadProfile, LoadResult
 
-# mesh setting -> adapter class, imported lazily (each module is optional until used)
-ADAPTERS = {
-    "istio": "workbench.backends.kubernetes.istio.IstioAdapter",
-    "linkerd": "workbench.backends.kubernetes.linkerd.LinkerdAdapter",
-    "consul": "workbench.backends.kubernetes.consul.ConsulAdapter",
-    "gateway-api": "workbench.backends.kubernetes.gateway_api.GatewayAPIAdapter",
-}
 # mesh -> telemetry dialect of its Prometheus (metrics/dialects.py); gateway-api has none of its own
 DIALECT_OF = {"istio": "istio", "linkerd": "linkerd", "consul": "consul"}
 # dialect -> the label naming the destination's Kubernetes namespace (consul's are Consul namespaces)
@@ -47,17 +40,6 @@ PORT_FORWARD = {
     "linkerd": "kubectl -n linkerd-viz port-forward svc/prometheus 9090:9090",
     "consul": "kubectl -n consul port-forward svc/prometheus-server 9090:80",
 }
-
-
-def load_class(path: str) -> type:
-    """Import ``package.module.Class``; a clear BackendError when it is not there."""
-    module_name, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as exc:
-        raise BackendError(
-            f"{path} is not available in this workbench ({type(exc).__name__}: {exc})"
-        ) from None
 
 
 class KubernetesBackend:
@@ -150,6 +132,17 @@ class KubernetesBackend:
                 options["ports"] = {s: self.cluster.service_port(s) for s in versions}
             self._adapter = adapter_cls(self.cluster.writer, self.namespace, versions, **options)
         return self._adapter
+
+    def capabilities(self) -> Offer:
+        """What experiments can do here: the cluster backend's offer (telemetry only with a Prometheus
+        URL and a dialect) and the mesh's — Istio's ambient mode without a waypoint offers L4 only."""
+        own = kubernetes_offer(self._prometheus_url, self.mesh, self.dialect_setting)
+        mesh = self.adapter.capabilities()
+        if self.mesh == "istio" and self.cluster.dataplane() == "ambient":
+            from workbench.backends.kubernetes.istio import ambient_offer
+
+            mesh = mesh & ambient_offer(self.namespace)
+        return own & mesh
 
     def refresh(self) -> None:
         """Re-read the services' versions (after a deployment changed), keeping the traffic state."""
@@ -277,17 +270,82 @@ class KubernetesBackend:
         return LoadTarget(urls=(url,), headers={}, service=service)
 
     def run_load(self, service: str, profile: LoadProfile, **options: Any) -> LoadResult:
-        """k6 as a Job in the namespace: ``loadjob.run_load_job(cluster, namespace, profile, target,
-        labels={backend, namespace, service}, **options)`` (options: parallelism, image, timeout_s ...;
-        script in a ConfigMap, results merged, Job and ConfigMap removed afterwards, also on failure)."""
+        """k6 in the namespace: ``loadjob.run_load_job(cluster, namespace, profile, target,
+        labels={backend, namespace, service}, audit=..., **options)`` (options: parallelism, image,
+        timeout_s, engine ...; the k6 operator's TestRun where installed, else an Indexed Job; samples
+        followed out of the pods' logs and merged; every object created and deleted is audited and
+        removed afterwards, also on failure)."""
         if self.dry_run:
             raise BackendError("dry run: no load is run against the cluster (the Job would be real traffic)")
         run_load_job = load_class("workbench.backends.kubernetes.loadjob.run_load_job")
         options.setdefault(
             "labels", {"backend": "kubernetes", "namespace": self.namespace, "service": service}
         )
+        options.setdefault("audit", self.audit_workload)
+        options.setdefault("poll_s", self.load_poll_s)
         target = self.load_target(service)
         return run_load_job(self.cluster, self.namespace, profile, target, **options)  # type: ignore[call-arg]
+
+    policy_settle_s = 5.0  # the control plane pushes a new policy to the proxies within seconds
+    load_poll_s = 2.0  # how often a running load's state and logs are read
+
+    def requests_as(
+        self, service: str, probes: Sequence[Probe], attempts: int = 3, timeout_s: float = 5.0
+    ) -> list[list[Answer]]:
+        """Each probe ``attempts`` times from inside the mesh with its caller's identity: one Job per
+        caller (``probe.py``), running as the caller's ServiceAccount (``loadgen``: the namespace's
+        default one, as the k6 pods run) in this namespace, joined to the mesh as the caller's pods
+        are; all callers' Jobs at once, each created, deleted and audited."""
+        from workbench.backends.kubernetes.probe import LOADGEN, build_probe_job, group, run_probes
+
+        if self.dry_run:
+            raise BackendError("dry run: no request is sent as a caller (a probe Job would be real traffic)")
+        url = self.load_target(service).urls[0]
+        dataplane = self.cluster.dataplane() if self.mesh == "istio" else "sidecar"
+        by_caller = group(probes)
+        jobs = []
+        for caller, indexes in by_caller.items():
+            account = "default" if caller == LOADGEN else self.cluster.service_account(caller)
+            checks = [(probes[i].method, probes[i].path) for i in indexes]
+            job = build_probe_job(caller, account, self.namespace, url, checks, attempts, mesh=self.mesh,
+                                  dataplane=dataplane, timeout_s=timeout_s)  # fmt: skip
+            jobs.append(job)
+        run_probes(self.cluster.writer, self.namespace, jobs, audit=self.audit_workload)
+        answers: list[list[Answer]] = [[] for _ in probes]
+        for job, indexes in zip(jobs, by_caller.values(), strict=True):
+            for i, got in zip(indexes, job.answers, strict=True):
+                answers[i] = got
+        return answers
+
+    def start_load(self, service: str, profile: LoadProfile, **options: Any) -> Any:
+        """Load on ``service`` while the caller does something else (a canary's roll-out): a
+        ``loadjob.LoadRun`` to use as a context manager — started on entry, its state checked by
+        ``poll()``, deleted on exit whatever happens. Its samples are not collected (the canary reads
+        the versions' telemetry); its pods join the mesh (sidecars injected; in Istio's ambient mode
+        the namespace's ztunnel and waypoint carry them), so the split applies to its requests."""
+        if self.dry_run:
+            raise BackendError("dry run: no load is run against the cluster (the Job would be real traffic)")
+        prepare = load_class("workbench.backends.kubernetes.loadjob.prepare")
+        ambient = self.mesh == "istio" and self.cluster.dataplane().startswith("ambient")
+        options.setdefault("inject", None if ambient or self.mesh == "gateway-api" else True)
+        labels = {
+            "backend": "kubernetes",
+            "namespace": self.namespace,
+            "service": service,
+            "purpose": "background",
+        }
+        options.setdefault("labels", labels)
+        options.setdefault("audit", self.audit_workload)
+        options.setdefault("timeout_s", profile.duration_s + 300.0)
+        return prepare(
+            self.cluster, self.namespace, profile, self.load_target(service), follow=False, **options
+        )
+
+    def audit_workload(self, verb: str, kind: str, name: str, **details: Any) -> None:
+        """Record an object the workbench created (``verb`` created) or deleted in the cluster."""
+        state = {"kind": kind, "name": name, **details}
+        before, after = (None, state) if verb == "created" else (state, None)
+        self.audit.record("workload", name, before, after, verb=verb, kind=kind, mesh=self._mesh)
 
     # -----------------------------------------------------------------------------------------
     # Internals

@@ -55,6 +55,8 @@ SIDECARS = {
 APP_LABELS = ("app", "app.kubernetes.io/name")
 VERSION_LABELS = ("version", "app.kubernetes.io/version")
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+AMBIENT_LABEL = "istio.io/dataplane-mode"
+WAYPOINT_LABEL = "istio.io/use-waypoint"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -396,6 +398,15 @@ class Cluster:
             return None
         return "gateway-api"
 
+    def dataplane(self, namespace: str | None = None) -> str:
+        """How the namespace's pods join Istio: ``ambient`` (label istio.io/dataplane-mode=ambient, no
+        waypoint), ``ambient-waypoint`` (also istio.io/use-waypoint) or ``sidecar`` (anything else)."""
+        ns = self.writer.get(NAMESPACES, None, namespace or self.namespace) or {}
+        labels = (ns.get("metadata") or {}).get("labels") or {}
+        if labels.get(AMBIENT_LABEL) != "ambient":
+            return "sidecar"
+        return "ambient-waypoint" if labels.get(WAYPOINT_LABEL) else "ambient"
+
     def mtls(self, namespaces: Iterable[str] | None = None) -> pd.DataFrame:
         """mTLS mode per namespace: Istio PeerAuthentication (namespace-wide, else mesh-wide in the
         root namespace, else Istio's default PERMISSIVE); Linkerd and Consul: automatic between
@@ -490,6 +501,26 @@ class Cluster:
             if app and not _first(selector, VERSION_LABELS):
                 out.append(Service(meta.get("name", ""), tuple(sorted(by_app.get(app, ()), key=_natural))))
         return sorted(out, key=lambda s: s.name)
+
+    def service_account(self, app: str, namespace: str | None = None) -> str:
+        """The ServiceAccount the pods of ``app`` run as (its Deployments' pod template; ``default``
+        when unset). KubernetesError when no Deployment runs ``app``; one that differs between the
+        app's Deployments names them."""
+        ns = namespace or self.namespace
+        accounts = {}
+        for d in self.writer.list(DEPLOYMENTS, ns):
+            if _app_version(d)[0] == app:
+                spec = _pod_spec(d)
+                account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+                accounts[(d.get("metadata") or {}).get("name", "")] = account
+        if not accounts:
+            raise KubernetesError(
+                f"no Deployment runs {app!r} in namespace {ns} (context {self.context})", 404
+            )
+        if len(set(accounts.values())) > 1:
+            listed = ", ".join(f"{name}: {sa}" for name, sa in sorted(accounts.items()))
+            raise KubernetesError(f"the Deployments of {app!r} run as different ServiceAccounts ({listed})")
+        return next(iter(accounts.values()))
 
     def service_port(self, service: str, namespace: str | None = None) -> int:
         """The Service's HTTP port (a port named http*, else the first)."""
@@ -588,7 +619,7 @@ def _injection(meta: Mapping[str, Any]) -> str:
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     if labels.get("istio-injection") == "enabled" or labels.get("istio.io/rev"):
         return "istio"
-    if labels.get("istio.io/dataplane-mode") == "ambient":
+    if labels.get(AMBIENT_LABEL) == "ambient":
         return "istio-ambient"
     if annotations.get("linkerd.io/inject") == "enabled":
         return "linkerd"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from workbench.backends.base import BackendError, Split, cookie_regex, re_escape
+from workbench.backends.capabilities import Capability, Offer
 from workbench.backends.kubernetes.adapter import Manifest, MeshAdapter, TrafficState, Unsupported
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.values import go_duration, percent_split
@@ -52,6 +53,14 @@ class ConsulAdapter(MeshAdapter):
     connect_timeout_s: float | None = None
 
     mesh: ClassVar[str] = "consul"
+    CAPABILITIES: ClassVar[Offer] = Offer.lacking("mesh consul", {
+        Capability.FAULT: "Consul has no fault injection in its config entries: shift traffic to a "
+        "fault-injecting version with a split instead, or use mesh istio",
+        Capability.CIRCUIT_BREAKER: "Consul's circuit breaking lives in ServiceDefaults upstreamConfig, "
+        "which this workbench does not manage: drop circuit_breaker, or use mesh istio",
+        Capability.PER_TRY_TIMEOUT: "Consul's ServiceRouter has no per-try timeout: drop "
+        "retries.per_try_timeout (keep attempts and the request timeout)",
+    })  # fmt: skip
 
     # -----------------------------------------------------------------------------------------
     # Traffic

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from workbench.backends.base import BackendError, Split, cookie_regex
+from workbench.backends.capabilities import AUTHORIZATION, Capability, Offer
 from workbench.backends.kubernetes.adapter import LABELS, Manifest, MeshAdapter, TrafficState, Unsupported
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.values import dns_label, go_duration, percent_split
@@ -179,6 +180,18 @@ class GatewayAPIAdapter(MeshAdapter):
     ports: Mapping[str, int] = field(default_factory=dict)
 
     mesh: ClassVar[str] = "gateway-api"
+    CAPABILITIES: ClassVar[Offer] = Offer.lacking("mesh gateway-api", {
+        Capability.FAULT: "Gateway API has no fault injection: use the mesh's own API (e.g. mesh istio)",
+        Capability.CIRCUIT_BREAKER: "Gateway API has no circuit breaking: use the mesh's own API (e.g. mesh "
+        "istio)",
+        **dict.fromkeys(
+            (Capability.RETRIES, Capability.RETRY_ON_RESET, Capability.PER_TRY_TIMEOUT),
+            "HTTPRoute retries (GEP-1731) are experimental-channel only: drop retries, or use the mesh's "
+            "own API (e.g. mesh istio or linkerd)",
+        ),
+        **dict.fromkeys(AUTHORIZATION, "Gateway API has no authorization object: set backend.mesh to the "
+                        "mesh you run (istio, linkerd or consul) to use its policies"),
+    })  # fmt: skip
 
     def render_traffic(self, service: str, state: TrafficState) -> list[Manifest]:
         """The service's HTTPRoute."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from workbench.backends.base import BackendError, Split, cookie_regex
+from workbench.backends.capabilities import CLIENT_SIDE, Capability, Offer
 from workbench.backends.kubernetes.adapter import Manifest, MeshAdapter, TrafficState
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.values import dns_label, go_duration, percent_split
@@ -62,6 +63,19 @@ RETRY_ON = frozenset(
         "unavailable",
     ]
 )
+_WAYPOINT = (
+    "in Istio's ambient mode L7 features need a waypoint proxy, and namespace {namespace} uses none: deploy "
+    "one ('istioctl waypoint apply -n {namespace} --enroll-namespace') or label the namespace for sidecars"
+)
+AMBIENT_L7 = frozenset({*CLIENT_SIDE, Capability.AUTHZ_L7})
+
+
+def ambient_offer(namespace: str) -> Offer:
+    """Istio ambient without a waypoint: ztunnel's L4 only (mTLS, caller identity, allow/deny)."""
+    hint = _WAYPOINT.format(namespace=namespace)
+    return Offer.lacking(f"mesh istio (ambient, no waypoint in {namespace})", dict.fromkeys(AMBIENT_L7, hint))
+
+
 # Header names Istio ignores in a match (they are the uri/scheme/method/authority matchers).
 _PSEUDO_HEADERS = frozenset({"uri", "scheme", "method", "authority"})
 
@@ -73,6 +87,7 @@ class IstioAdapter(MeshAdapter):
     trust_domain: str = "cluster.local"
 
     mesh: ClassVar[str] = "istio"
+    CAPABILITIES: ClassVar[Offer] = Offer.lacking("mesh istio", {})  # sidecars or a waypoint: everything
 
     # -----------------------------------------------------------------------------------------
     # Traffic

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from workbench.backends.base import BackendError, Split, re_escape
+from workbench.backends.capabilities import Capability, Offer
 from workbench.backends.kubernetes.adapter import LABELS, Manifest, MeshAdapter, TrafficState, Unsupported
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.gateway_api import (
@@ -85,6 +86,25 @@ class LinkerdAdapter(MeshAdapter):
     trust_domain: str = "cluster.local"
 
     mesh: ClassVar[str] = "linkerd"
+    CAPABILITIES: ClassVar[Offer] = Offer.lacking("mesh linkerd", {
+        Capability.FAULT: "Linkerd has no fault injection: shift a share of the traffic to a fault-injecting "
+        "backend version with a split instead (Linkerd's 'Injecting Faults' guide), or use mesh istio",
+        Capability.CIRCUIT_BREAKER: "Linkerd has no circuit breaker with limits or ejection settings (its "
+        "failure accrual is a Service annotation this workbench does not manage): drop circuit_breaker",
+        Capability.AUTHZ_DENY: "Linkerd authorizes by allow-list only: write the policy as action: allow "
+        "listing the callers (and paths) that may call",
+        Capability.RETRY_ON_RESET: "Linkerd retries on HTTP response statuses only: use retry_on: [5xx] "
+        "(or status codes like 503)",
+    })  # fmt: skip
+
+    def capabilities(self) -> Offer:
+        """SMI TrafficSplit (``smi=True``) carries weights only: no routes, retries or timeouts."""
+        if not self.smi:
+            return self.CAPABILITIES
+        hint = "Linkerd's SMI TrafficSplit carries weights only: use HTTPRoute (Linkerd >= 2.14; smi=False)"
+        smi_only = (Capability.HEADER_ROUTE, Capability.COOKIE_ROUTE, Capability.RETRIES,
+                    Capability.RETRY_ON_RESET, Capability.PER_TRY_TIMEOUT, Capability.TIMEOUT)  # fmt: skip
+        return self.CAPABILITIES & Offer.lacking("SMI TrafficSplit", dict.fromkeys(smi_only, hint))
 
     def __post_init__(self) -> None:
         self.route = httproute_resource(self.api, self.route_version)

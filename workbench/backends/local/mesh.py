@@ -40,12 +40,29 @@ import psutil
 import requests
 
 from workbench.audit import ACTIONS, AuditLog
-from workbench.backends.base import BackendError, LoadTarget, Service, Split, Writes, full_split
+from workbench.backends.base import (
+    Answer,
+    BackendError,
+    LoadTarget,
+    Probe,
+    Service,
+    Split,
+    Writes,
+    full_split,
+)
+from workbench.backends.capabilities import (
+    LOCAL,
+    Capability,
+    Offer,
+    policy_needs,
+    resilience_needs,
+    route_needs,
+)
 from workbench.backends.local import envoy as ev
 from workbench.backends.local import prometheus as prom
 from workbench.backends.local.app import CALLER_HEADER
 from workbench.backends.local.certs import make_certs
-from workbench.backends.local.layout import LOADGEN, Layout, Mode, plan
+from workbench.backends.local.layout import LOADGEN, MODE_CAPABILITIES, Layout, Mode, plan
 from workbench.backends.local.procs import Managed, MeshProcessError, Supervisor, http_ok, wait_ready
 from workbench.backends.local.topology import Behaviour, Topology, load_topology
 from workbench.backends.traffic import CircuitBreaker, Fault, Policy, Retries, Route
@@ -290,6 +307,10 @@ class LocalMesh:
     # -----------------------------------------------------------------------------------------
     # Backend seam
 
+    def capabilities(self) -> Offer:
+        """What this mesh can do: the local backend's offer and its sidecar mode's (declared data)."""
+        return LOCAL & MODE_CAPABILITIES[self.mode]
+
     def services(self) -> list[Service]:
         return [Service(n, tuple(s.versions), tuple(s.calls)) for n, s in self.topology.services.items()]
 
@@ -300,7 +321,7 @@ class LocalMesh:
     def set_split(self, service: str, split: Split) -> Writes:
         """Percentage weights per version (missing versions get 0); applied live via RDS."""
         self._sync()
-        self._need_outbound("traffic splits")
+        self._need([Capability.SPLIT], "traffic splits")
         policy = self._policy(service)
         full = full_split(service, list(self.topology.services[service].versions), split)
         before = dict(policy.split)
@@ -313,7 +334,7 @@ class LocalMesh:
     def set_route(self, service: str, route: Route | None, version: str | None = None) -> Writes:
         """Send requests matching ``route`` (header or cookie) to ``version``; None removes it."""
         self._sync()
-        self._need_outbound("header/cookie routes")
+        self._need(route_needs(route), "header/cookie routes")
         policy = self._policy(service)
         if route is not None and version not in self.topology.services[service].versions:
             raise BackendError(f"{service} has no version {version!r}")
@@ -336,7 +357,7 @@ class LocalMesh:
         if at not in ("client", "server"):
             raise BackendError(f"fault 'at' must be 'client' or 'server' (got {at!r})")
         if at == "client":
-            self._need_outbound("client-side fault injection")
+            self._need([Capability.FAULT], "client-side fault injection")
         elif self.mode == "none":
             raise BackendError("server-side fault injection needs sidecars: mode 'none' has none")
         policy = self._policy(service)
@@ -355,10 +376,7 @@ class LocalMesh:
     def set_policy(self, policy: Policy | None, service: str | None = None) -> Writes:
         """Authorization on a service's inbound sidecars; None (with ``service``) removes it."""
         self._sync()
-        if self.mode == "none":
-            raise BackendError(
-                "authorization needs sidecars: mode 'none' has none; use serveronly, both or both-mtls"
-            )
+        self._need(policy_needs(policy), "authorization")
         target = policy.service if policy is not None else service
         if target is None:
             raise BackendError("set_policy(None) needs the service whose policy to remove")
@@ -382,7 +400,8 @@ class LocalMesh:
     ) -> Writes:
         """Retries and timeout (routes) and circuit breaking / outlier detection (clusters)."""
         self._sync()
-        self._need_outbound("retries, timeouts and circuit breaking")
+        needs = resilience_needs(retries, timeout_s, breaker) or [Capability.RETRIES]  # removal: as set
+        self._need(needs, "retries, timeouts and circuit breaking")
         policy = self._policy(service)
         before = {
             "retries": _dump(policy.retries),
@@ -589,6 +608,30 @@ class LocalMesh:
         headers = {"Host": service, CALLER_HEADER: caller}
         return requests.request(method, url, headers=headers, timeout=timeout)
 
+    policy_settle_s = 0.0  # set_policy returns once the sidecars have loaded the new policy
+
+    def requests_as(
+        self, service: str, probes: list[Probe], attempts: int = 3, timeout_s: float = 5.0
+    ) -> list[list[Answer]]:
+        """Each probe ``attempts`` times through its caller's own sidecar (``request_as``). A 403 is the
+        proxy's denial when Envoy's RBAC filter says so, or when the app did not answer it."""
+        out = []
+        for probe in probes:
+            answers = []
+            for _ in range(attempts):
+                try:
+                    resp = self.request_as(probe.caller, service, probe.path, probe.method, timeout=timeout_s)
+                except requests.RequestException as exc:
+                    answers.append(Answer(0, False, f"{type(exc).__name__}: {exc}"[:200]))
+                    continue
+                from_app = "x-service" in resp.headers or "x-version" in resp.headers
+                body = resp.text[:200]
+                denied = resp.status_code == 403 and (body.lstrip().startswith("RBAC") or not from_app)
+                error = f"{resp.status_code} {body[:120].strip()}" if resp.status_code >= 500 else ""
+                answers.append(Answer(resp.status_code, denied, error))
+            out.append(answers)
+        return out
+
     def admin_url(self, sidecar: str) -> str:
         """Admin URL of a sidecar by name, e.g. ``catalog-v1-inbound``."""
         for sc in self._layout().sidecars:
@@ -667,12 +710,12 @@ class LocalMesh:
             raise BackendError(f"no service {service!r}; services: {', '.join(self.traffic)}")
         return self.traffic[service]
 
-    def _need_outbound(self, what: str) -> None:
-        if not self._layout().has_outbound:
-            raise BackendError(
-                f"{what} need a client-side sidecar, and mode '{self.mode}' has none (as in Istio): "
-                "use mode both or both-mtls"
-            )
+    def _need(self, needs: list[Capability], what: str) -> None:
+        """Refuse (``Unavailable``, a BackendError) what this mode's declaration does not offer."""
+        self._layout()
+        offer = self.capabilities()
+        for capability in needs:
+            offer.require(capability, what)
 
     def _outbound_key(self, service: str) -> str:
         versions = self.topology.services.get(service)
