@@ -161,10 +161,18 @@ def analyse(s: Session) -> ExperimentResult:
                 b = {t: v for t, v in estimates[label][metric].items() if math.isfinite(v)}
                 if not a or not b:
                     empty = base if not a else label
-                    rows.append({"connections": conns, "mode": label, "metric": metric,
-                                 "verdict": NO_INTERVAL, "trials": 0, "note": f"no trial of {empty} has enough requests per window "
-                                 f"for {metric}", "explanation": f"{label} vs {base} at {_conns(conns)}: "
-                                 f"{metric}: no trial with data"})  # fmt: skip
+                    note = f"no trial of {empty} has enough requests per window for {metric}"
+                    rows.append(
+                        {
+                            "connections": conns,
+                            "mode": label,
+                            "metric": metric,
+                            "trials": 0,
+                            "verdict": NO_INTERVAL,
+                            "note": note,
+                            "explanation": f"{label} vs {base} at {_conns(conns)}: {metric}: {note}",
+                        }
+                    )
                     continue
                 r = paired_trials(a, b, margin=s.margin.latency(float(np.mean(list(a.values())))),
                                   confidence=1 - 2 * spec.alpha / len(PERCENTILES))  # fmt: skip

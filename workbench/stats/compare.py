@@ -46,6 +46,7 @@ from workbench.units import parse_duration
 
 __all__ = [
     "MIN_PER_WINDOW", "MIN_WINDOWS", "Comparison", "Margin", "MetricResult", "compare", "compare_tables",
+    "interval_verdict",
 ]  # fmt: skip
 
 Verdict = Literal["worse", "better", "equivalent", "inconclusive"]
@@ -271,11 +272,21 @@ def decide(
     return out
 
 
-def _verdict(ci: ConfidenceInterval, margin: float) -> Verdict:
-    """better / equivalent / inconclusive from the interval (worse is Holm's decision)."""
+def interval_verdict(ci: ConfidenceInterval, margin: float) -> Verdict:
+    """The one rule of an interval against a practical margin: ``worse`` when it lies wholly beyond
+    +margin, ``better`` beyond -margin, ``equivalent`` inside +-margin, else ``inconclusive``. Used
+    where an interval alone decides (trials as replicates, runs against runs)."""
     lo, hi = ci
+    if lo > margin:
+        return "worse"
     if hi < -margin:
         return "better"
     if -margin < lo and hi < margin:
         return "equivalent"
     return "inconclusive"
+
+
+def _verdict(ci: ConfidenceInterval, margin: float) -> Verdict:
+    """better / equivalent / inconclusive from the interval (worse is Holm's decision)."""
+    verdict = interval_verdict(ci, margin)
+    return "inconclusive" if verdict == "worse" else verdict

@@ -134,9 +134,14 @@ class Estimate:
         return self.scale * (fhi - flo) > 2 * half
 
 
-def no_estimate(metric: str, note: str, n_windows: int, unit: str = "ms") -> Estimate:
+def no_estimate(
+    metric: str, note: str, n_windows: int, unit: str = "ms", levels: tuple[float, float] | None = None
+) -> Estimate:
+    """No difference could be estimated (``note`` says why); ``levels``: each arm's own level, when
+    known, is still reported."""
     nan = float("nan")
-    return Estimate(metric, nan, nan, nan, nan, nan, n_windows, "no data", unit, note=note)
+    base, cand = levels or (nan, nan)
+    return Estimate(metric, nan, nan, nan, base, cand, n_windows, "no data", unit, note=note)
 
 
 def se_batch_means(x: np.ndarray) -> float:
@@ -249,8 +254,9 @@ def error_rate(pair: Pair, paired: bool) -> Estimate:
         return no_estimate("error_rate", f"no traffic in the {'baseline' if na == 0 else 'candidate'} arm",
                            n_windows, "pts")  # fmt: skip
     if n_windows < MIN_WINDOWS:
+        levels = (100 * float(ea_w.sum()) / na, 100 * float(eb_w.sum()) / nb)  # the rates are known
         return no_estimate(
-            "error_rate", f"too few windows ({n_windows}; need {MIN_WINDOWS})", n_windows, "pts"
+            "error_rate", f"too few windows ({n_windows}; need {MIN_WINDOWS})", n_windows, "pts", levels
         )
     ra, rate_a = _residuals(na_w, ea_w)
     rb, rate_b = _residuals(nb_w, eb_w)

@@ -43,7 +43,9 @@ from workbench.stats.compare import (
     Verdict,
     compare_tables,
 )
-from workbench.stats.compare import _verdict as verdict_against  # the one rule of intervals vs margins
+from workbench.stats.compare import (
+    interval_verdict as verdict_against,  # the one rule of intervals vs margins
+)
 from workbench.stats.interval import ConfidenceInterval
 
 __all__ = ["RunSpread", "RunsComparison", "RunsMetricResult", "compare_runs", "run_level", "run_spread"]

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from workbench.stats.compare import interval_verdict
 from workbench.stats.estimates import MIN_PER_WINDOW
 from workbench.stats.interval import ConfidenceInterval
 from workbench.stats.windows import WindowInput, start_of, window_table
@@ -93,15 +94,7 @@ class TrialResult:
 
 
 def _verdict(ci: ConfidenceInterval, margin: float) -> str:
-    if not ci.finite:
-        return NO_INTERVAL
-    if ci.low > margin:
-        return "worse"
-    if ci.high < -margin:
-        return "better"
-    if -margin < ci.low and ci.high < margin:
-        return "equivalent"
-    return "inconclusive"
+    return interval_verdict(ci, margin) if ci.finite else NO_INTERVAL
 
 
 def _values(x: Sequence[float]) -> np.ndarray:
