@@ -3,8 +3,9 @@
 Prometheus is loaded (``promtool tsdb create-blocks-from openmetrics``) with Istio standard metrics
 for reviews v1 and v3 from ~30 minutes ago to ~10 minutes in the future, every second for the last
 5 minutes on, so canary steps running in real time find their windows "now". The traffic is fixed,
-whatever the split (a cluster's canary observes real traffic; it does not generate it): 500 requests
-per second per version, latencies on a deterministic lognormal grid (median 20 ms), v1 with 0.2 %
+whatever the split (a cluster's canary observes real traffic; it does not generate it): 2000 requests
+per second per version (enough for the default anytime-valid looks to call 0.2 % vs 0.2 % equivalent
+within 12 one-second windows), latencies on a deterministic lognormal grid (median 20 ms), v1 with 0.2 %
 errors, v3 either the same (healthy) or 20 % errors (faulty). The canary runs through
 ``open_session`` on an experiments.yaml with ``backend: kubernetes`` (the emulator's context, the
 kubeconfig via KUBECONFIG) and must end with the emulator's VirtualService on v3 100 % (healthy) or
@@ -51,7 +52,7 @@ pytestmark = [
 ]
 
 PROM_USER, PROM_PASSWORD = "user", "sekret-pass-456"
-RPS = 500
+RPS = 2000
 ISTIO_LE = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
 NOW = int(time.time())
 START, DENSE, END = NOW - 30 * 60, NOW - 5 * 60, NOW + 10 * 60  # 15 s samples, then every second
@@ -67,8 +68,8 @@ class Version:
     errors_per_s: int
 
 
-HEALTHY = [Version("v1", 1), Version("v3", 1)]  # 0.2 % errors each
-FAULTY = [Version("v1", 1), Version("v3", 100)]  # v3: 20 % errors
+HEALTHY = [Version("v1", 4), Version("v3", 4)]  # 0.2 % errors each
+FAULTY = [Version("v1", 4), Version("v3", 400)]  # v3: 20 % errors
 
 
 def _latencies(n: int) -> np.ndarray:
@@ -180,15 +181,16 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
 
 
 def _suite(path: Path, prometheus_url: str) -> Path:
-    """experiments.yaml: the emulator's context as the backend, one short canary (3 × 3 s, 1 s windows)."""
+    """experiments.yaml: the emulator's context as the backend, one short canary (3 × 4 s, 1 s windows: a
+    step holds the 3 whole windows an error-rate look needs)."""
     doc = {
         "backend": {"type": "kubernetes", "context": "lab", "namespace": "shop", "mesh": "istio",
                     "prometheus_url": prometheus_url},
         "experiments": [{
             "name": "reviews-canary", "kind": "canary", "service": "reviews", "stable": "v1", "canary": "v3",
-            "steps": [{"weight": 10, "duration": "3s"}, {"weight": 25, "duration": "3s"},
-                      {"weight": 50, "duration": "3s"}, {"weight": 100}],
-            "duration": "3s", "warmup": "0s", "window": "1s", "metrics": ["p50", "p99", "error_rate"],
+            "steps": [{"weight": 10, "duration": "4s"}, {"weight": 25, "duration": "4s"},
+                      {"weight": 50, "duration": "4s"}, {"weight": 100}],
+            "duration": "4s", "warmup": "0s", "window": "1s", "metrics": ["p50", "p99", "error_rate"],
         }],
     }  # fmt: skip
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -226,7 +228,7 @@ def test_healthy_canary_is_promoted_from_prometheus_data(
     assert splits == [{"v1": 90, "v3": 10}, {"v1": 75, "v3": 25}, {"v1": 50, "v3": 50}, {"v3": 100}]
     assert [e["action"] for e in events if e["event"] == "decision"] == ["continue", "continue", "promote"]
     assert result.figures["decisions_consistent"] and result.figures["final_split"] == {"v3": 100}
-    # every step was observed in Prometheus, not loaded: ~500 requests per second and version
+    # every step was observed in Prometheus, not loaded: ~2000 requests per second and version
     for i in (1, 2, 3):
         assert (s.store / f"step-{i}{canary.TELEMETRY_SUFFIX}").exists()
         assert not (s.store / f"step-{i}.json").exists()

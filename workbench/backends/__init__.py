@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.backends.capabilities import ADAPTERS, LOCAL, Offer, kubernetes_offer, load_class
+from workbench.backends.capabilities import (
+    ADAPTERS,
+    LOCAL,
+    NO_TRACING,
+    Capability,
+    Offer,
+    kubernetes_offer,
+    load_class,
+)
 from workbench.errors import BackendError
 
 if TYPE_CHECKING:
@@ -97,16 +105,24 @@ def declared(
     mesh: str | None = None,
     prometheus_url: str | None = None,
     dialect: str | None = None,
+    traces: bool = True,
 ) -> Offer:
     """The offer settings describe, without starting or reaching anything.
+
+    ``traces``: the local mesh's tracer is on (``backend.tracing``), or a cluster has a trace store
+    (``backend.traces``).
 
     ``backend``: ``local`` (with its sidecar ``mode``) or ``kubernetes`` (with ``mesh``; ``auto`` or
     None gives the backend's own offer only: the mesh's is known once detected, at the run's start).
     """
     if backend == "local":
-        return LOCAL & mode_offer(mode or "both")
+        offer = LOCAL & mode_offer(mode or "both")
+        if not traces:
+            offer = Offer(offer.name, offer.features - {Capability.TRACES},
+                          {**offer.hints, Capability.TRACES: NO_TRACING})  # fmt: skip
+        return offer
     if backend != "kubernetes":
         raise BackendError(f"backend must be local or kubernetes (got {backend!r})")
     known = None if mesh in (None, "auto") else mesh
-    own = kubernetes_offer(prometheus_url, known, dialect)
+    own = kubernetes_offer(prometheus_url, known, dialect, trace_store=traces)
     return own if known is None else own & mesh_offer(known)

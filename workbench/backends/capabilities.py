@@ -64,6 +64,7 @@ class Capability(StrEnum):
     BEHAVIOURS = "changing an app's behaviour"
     SIDECAR_MODES = "sidecar modes"
     CONTEXTS = "load in other kube contexts"
+    TRACES = "traces"
 
 
 ALL: frozenset[Capability] = frozenset(Capability)
@@ -141,6 +142,10 @@ KUBERNETES = Offer.lacking("backend kubernetes", KUBERNETES_MISSING)
 NO_PROMETHEUS = (
     "set backend.prometheus_url to the cluster's Prometheus (e.g. a port-forward: http://127.0.0.1:9090)"
 )
+NO_TRACE_STORE = (
+    "set backend.traces to the cluster's trace store: {jaeger: URL} (Jaeger's query API) or {tempo: URL}"
+)
+NO_TRACING = "turn the local mesh's tracer on: remove backend.tracing: null (or set {sampling: 100})"
 NO_DIALECT = (
     "mesh gateway-api has no telemetry of its own: set backend.dialect to the metrics your data plane "
     "exports (istio, linkerd, consul or envoy)"
@@ -166,9 +171,14 @@ def load_class(path: str) -> type:
         ) from None
 
 
-def kubernetes_offer(prometheus_url: str | None, mesh: str | None, dialect: str | None) -> Offer:
-    """The cluster backend's own offer: telemetry only with a Prometheus URL and a dialect."""
+def kubernetes_offer(
+    prometheus_url: str | None, mesh: str | None, dialect: str | None, trace_store: bool = False
+) -> Offer:
+    """The cluster backend's own offer: telemetry only with a Prometheus URL and a dialect, traces
+    only with a trace store (``backend.traces``)."""
     missing = dict(KUBERNETES_MISSING)
+    if not trace_store:
+        missing[Capability.TRACES] = NO_TRACE_STORE
     if not prometheus_url:
         missing[Capability.TELEMETRY] = NO_PROMETHEUS
     elif mesh is not None and mesh not in MESHES_WITH_TELEMETRY and not dialect:

@@ -4,7 +4,7 @@
 used by ``workbench validate``, the start of ``workbench run`` and ``--dry-run``: a split, a
 header or cookie route, a fault, retries (on non-status conditions, with a per-try timeout), a
 timeout, a circuit breaker, L4/L7/deny authorization, requests as a caller, load, telemetry,
-sidecar modes, kube contexts. What a backend, mesh or local mode offers is declared in
+sidecar modes, kube contexts, traces. What a backend, mesh or local mode offers is declared in
 ``workbench.backends.capabilities``; ``capability_problems`` sets one against the other and says,
 for each missing feature, which experiment needs it, for which field, which backend/mesh lacks it
 and what to change — as ``file:line experiments[i].field: message`` lines, before anything runs.
@@ -73,6 +73,12 @@ def required_capabilities(spec: Any, backend: str = "local") -> list[Need]:
         for j, p in enumerate(spec.protections):
             for c in resilience_needs(p.retries, p.timeout, p.circuit_breaker):
                 out.append(Need(c, ("protections", j, _protection_field(c))))
+    elif kind == "traces":
+        out.append(Need(Capability.TRACES))
+        if backend != "kubernetes":  # on a cluster it reads the traffic there is
+            out.append(Need(Capability.LOAD, ("rps",)))
+        if spec.change is not None:
+            out.append(Need(Capability.BEHAVIOURS, ("change",)))
     elif kind == "topology":
         out += [Need(Capability.LOAD, ("rps",)), Need(Capability.TELEMETRY)]
         if spec.change is not None:
@@ -105,6 +111,9 @@ def offer_for(settings: Any, **override: Any) -> Offer:
         "mesh": getattr(settings, "mesh", None),
         "prometheus_url": str(getattr(settings, "prometheus_url", None) or "") or None,
         "dialect": getattr(settings, "dialect", None),
+        "traces": getattr(settings, "traces", None) is not None
+        if settings.type == "kubernetes"
+        else getattr(settings, "tracing", None) is not None,
     }
     given.update({k: v for k, v in override.items() if v is not None})
     return declared(given.pop("type"), **given)

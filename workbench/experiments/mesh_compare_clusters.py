@@ -179,7 +179,8 @@ def analyse(s: Session) -> ExperimentResult:
                 rows.append({"connections": conns, "mode": label, "metric": metric, "baseline": r.baseline,
                              "candidate": r.candidate, "estimate": r.estimate, "ci_low": r.ci.low,
                              "ci_high": r.ci.high, "verdict": r.verdict, "n_windows": 0, "trials": r.n_trials,
-                             "method": f"{r.method}, {w:.2f} s windows nested in trials", "margin": r.margin,
+                             "method": f"trials as replicates: {r.method}, {w:.2f} s windows in trials",
+                             "margin": r.margin,
                              "note": r.note, "explanation": f"{label} vs {base} at {_conns(conns)}: "
                                                             f"{r.explain('ms', metric)}"})  # fmt: skip
     overhead = pd.DataFrame(rows)

@@ -53,6 +53,7 @@ class KubernetesBackend:
         on_change: Callable[[dict[str, Any]], None] | None = None,
         dialect: str | None = None,
         audit: AuditLog | None = None,
+        trace_store: bool = False,
     ) -> None:
         if mesh not in ("auto", *ADAPTERS):
             raise BackendError(f"mesh must be auto or one of {', '.join(ADAPTERS)} (got {mesh!r})")
@@ -61,6 +62,7 @@ class KubernetesBackend:
         self.mesh_setting = mesh
         self._prometheus_url = prometheus_url
         self.dialect_setting = dialect
+        self.trace_store = trace_store  # backend.traces is set: traces experiments can read them
         self.on_change = on_change
         context = {"type": "kubernetes", "context": cluster.context, "namespace": cluster.namespace}
         self.audit = audit or AuditLog(backend=context)
@@ -87,6 +89,7 @@ class KubernetesBackend:
         cluster = Cluster.connect(settings.context, settings.namespace, kubeconfig, dry_run=dry_run)
         url = str(settings.prometheus_url) if settings.prometheus_url else None
         options.setdefault("dialect", getattr(settings, "dialect", None))
+        options.setdefault("trace_store", getattr(settings, "traces", None) is not None)
         backend = cls(cluster, mesh=settings.mesh, prometheus_url=url, **options)
         if record_releases:
             observe_releases(cluster, backend.audit, strict=False)
@@ -136,7 +139,7 @@ class KubernetesBackend:
     def capabilities(self) -> Offer:
         """What experiments can do here: the cluster backend's offer (telemetry only with a Prometheus
         URL and a dialect) and the mesh's — Istio's ambient mode without a waypoint offers L4 only."""
-        own = kubernetes_offer(self._prometheus_url, self.mesh, self.dialect_setting)
+        own = kubernetes_offer(self._prometheus_url, self.mesh, self.dialect_setting, self.trace_store)
         mesh = self.adapter.capabilities()
         if self.mesh == "istio" and self.cluster.dataplane() == "ambient":
             from workbench.backends.kubernetes.istio import ambient_offer
