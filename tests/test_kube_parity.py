@@ -32,12 +32,15 @@ pytestmark = [
 ]
 
 # What each mesh cannot run of the default suite, and the words the refusal must carry.
+TRACES = {"request-flows": "set backend.traces"}  # no Jaeger or Tempo is given: nothing to read traces from
 REFUSED = {
-    "istio": {"sidecar-overhead": "sidecar modes"},
-    "linkerd": {"sidecar-overhead": "sidecar modes", "pricing-faults": "Linkerd has no fault injection"},
-    "consul": {"sidecar-overhead": "sidecar modes", "pricing-faults": "Consul has no fault injection"},
+    "istio": {"sidecar-overhead": "sidecar modes", **TRACES},
+    "linkerd": {"sidecar-overhead": "sidecar modes", "pricing-faults": "Linkerd has no fault injection",
+                **TRACES},
+    "consul": {"sidecar-overhead": "sidecar modes", "pricing-faults": "Consul has no fault injection",
+               **TRACES},
     "gateway-api": {"sidecar-overhead": "sidecar modes", "ratings-authz": "Gateway API has no authorization",
-                    "pricing-faults": "Gateway API has no fault injection"},
+                    "pricing-faults": "Gateway API has no fault injection", **TRACES},
 }  # fmt: skip
 VS = "networking.istio.io/v1/virtualservices"
 
