@@ -53,9 +53,16 @@ pytestmark = [
 PROM_USER, PROM_PASSWORD = "user", "sekret-pass-456"
 RPS = 500
 ISTIO_LE = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
-NOW = int(time.time())
-START, DENSE, END = NOW - 30 * 60, NOW - 5 * 60, NOW + 10 * 60  # 15 s samples, then every second
-TIMES = np.array([*range(START, DENSE, 15), *range(DENSE, END + 1)])
+
+
+def _times(now: int) -> np.ndarray:
+    """Sample times around ``now`` (when the fixture loads Prometheus, not when the module is
+    imported: a long test session reaches these tests many minutes after collection): 15 s
+    samples from 30 minutes before, then every second from 5 minutes before to 10 minutes after."""
+    start, dense, end = now - 30 * 60, now - 5 * 60, now + 10 * 60
+    return np.array([*range(start, dense, 15), *range(dense, end + 1)])
+
+
 VS = "networking.istio.io/v1/virtualservices"
 
 
@@ -76,15 +83,15 @@ def _latencies(n: int) -> np.ndarray:
     return np.exp(math.log(20.0) + 0.5 * norm.ppf((np.arange(n) + 0.5) / n))
 
 
-def _openmetrics(versions: list[Version]) -> str:
+def _openmetrics(versions: list[Version], times: np.ndarray) -> str:
     """Istio-shaped counters and histograms (reporter=destination) whose rate is constant per second."""
-    elapsed = (TIMES - START).astype(float)  # seconds of traffic up to each sample
+    elapsed = (times - times[0]).astype(float)  # seconds of traffic up to each sample
     lines: dict[str, list[str]] = {}
 
     def series(name: str, labels: dict[str, str], per_s: float) -> None:
         key = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
         lines.setdefault(name, []).extend(
-            f"{name}{key} {per_s * e:.17g} {t}" for t, e in zip(TIMES, elapsed, strict=True)
+            f"{name}{key} {per_s * e:.17g} {t}" for t, e in zip(times, elapsed, strict=True)
         )
 
     for v in versions:
@@ -127,12 +134,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     with its own temp TSDB, stopped in a finally. Yields their URLs (the faulty one with userinfo)."""
     procs: list[tuple[subprocess.Popen[bytes], Any]] = []
     urls: dict[str, str] = {}
+    times = _times(int(time.time()))
     try:
         for name, versions, auth in (("healthy", HEALTHY, False), ("faulty", FAULTY, True)):
             root = tmp_path_factory.mktemp(f"prom-{name}")
             data = root / "data"
             data.mkdir()
-            (root / "series.om").write_text(_openmetrics(versions))
+            (root / "series.om").write_text(_openmetrics(versions, times))
             made = subprocess.run(
                 ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(root / "series.om"), str(data)],
                 capture_output=True, text=True, timeout=120, check=False,
