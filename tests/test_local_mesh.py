@@ -45,10 +45,11 @@ def test_every_version_answers_through_the_sidecars(mesh: LocalMesh) -> None:
 
 def test_split_90_10_within_binomial_interval(mesh: LocalMesh) -> None:
     mesh.set_split("catalog", {"v1": 90, "v2": 10})
-    res = mesh.run_load("catalog", LoadProfile(rps=600, connections=8, duration_s=4, warmup_s=1))
+    # 200 rps is well below the catalog's capacity on 2 cores (~400): the split, not queueing, is tested
+    res = mesh.run_load("catalog", LoadProfile(rps=200, connections=8, duration_s=8, warmup_s=1))
     counts = Counter(res.samples["variant"])
     n = counts["v1"] + counts["v2"]
-    assert n >= 2000 and set(counts) == {"v1", "v2"}
+    assert n >= 1400 and set(counts) == {"v1", "v2"}
     assert _inside(counts["v2"], n, 0.10), counts
     assert (res.samples["status"] == 200).all()
 
@@ -58,7 +59,8 @@ def test_live_split_changes_under_load_fail_nothing_and_keep_connections(mesh: L
     lg = mesh.admin_url("loadgen-outbound")
     result: dict = {}
     # No warm-up phase: k6 cancels requests in flight when a warm-up ends, closing connections.
-    profile = LoadProfile(rps=300, connections=8, duration_s=12, warmup_s=0)
+    # Far below capacity: a saturated k6 opens and drops connections of its own accord.
+    profile = LoadProfile(rps=120, connections=8, duration_s=16, warmup_s=0)
     loader = threading.Thread(target=lambda: result.setdefault("r", mesh.run_load("catalog", profile)))
     loader.start()
     time.sleep(2.5)  # k6 has started; its connections are established
@@ -72,7 +74,7 @@ def test_live_split_changes_under_load_fail_nothing_and_keep_connections(mesh: L
     during = _stats(lg)
     loader.join(timeout=60)
     samples = result["r"].samples
-    assert len(samples) > 1500 and (samples["status"] == 200).all(), samples["status"].value_counts()
+    assert len(samples) > 1600 and (samples["status"] == 200).all(), samples["status"].value_counts()
     # Connections from k6 to the sidecar and from the sidecar to the versions were never closed.
     assert during["http.outbound.downstream_cx_destroy"] == before["http.outbound.downstream_cx_destroy"]
     destroyed = sum(v - before.get(k, 0) for k, v in during.items() if k.endswith("upstream_cx_destroy"))

@@ -27,7 +27,10 @@ pytestmark = pytest.mark.slow
 def test_quick_suite_runs_every_experiment_and_gates_on_the_known_worse_ab(quick_run: Run) -> None:
     # --fail-on worse (the default): catalog-v2-ab is worse by design, so the run exits 1
     assert quick_run.proc.returncode == 1, quick_run.proc.stdout + quick_run.proc.stderr
-    assert "--fail-on worse: catalog-v2-ab reached it" in quick_run.proc.stderr
+    gate = next(line for line in quick_run.proc.stderr.splitlines() if line.startswith("--fail-on worse: "))
+    reached = gate.removeprefix("--fail-on worse: ").removesuffix(" reached it").split(", ")
+    # the sweep's SLO verdict depends on the machine's capacity; the A/A must never reach the gate
+    assert "catalog-v2-ab" in reached and "reviews-aa" not in reached, gate
     assert f"report: {quick_run.reports / 'index.html'}" in quick_run.proc.stdout
     names = [
         e["name"] for e in yaml.safe_load((quick_run.root / "experiments.yaml").read_text())["experiments"]
