@@ -149,3 +149,13 @@ def test_get_by_name() -> None:
     assert cfg.get("reviews-canary").kind == "canary"
     with pytest.raises(KeyError, match="no experiment named 'nope'"):
         cfg.get("nope")
+
+
+def test_quick_mode_keeps_enough_paired_windows_for_the_default_ab_to_decide() -> None:
+    from workbench.experiments.session import quick_spec
+
+    cfg = config.load(REPO / "experiments.yaml")
+    by_name = {e.name: quick_spec(e) for e in cfg.experiments}
+    ab, canary = by_name["catalog-v2-ab"], by_name["reviews-canary"]
+    assert (ab.duration, ab.window, ab.warmup) == (20.0, 2.0, 1.0)  # 10 windows: t(9), not t(3)
+    assert canary.window == 1.0 and all(s.duration == 5.0 for s in canary.steps)
