@@ -593,7 +593,7 @@ def validate(envoy_bin: Path, configs: dict[str, dict[str, Any]], workdir: Path)
     def one(item: tuple[str, dict[str, Any]]) -> tuple[str, int, str]:
         name, files = item
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=workdir, delete=False) as fh:
-            yaml.safe_dump(_static_equivalent(files), fh, sort_keys=False)
+            yaml.dump(_static_equivalent(files), fh, Dumper=DUMPER, sort_keys=False)
         try:
             proc = subprocess.run(
                 [str(envoy_bin), "--mode", "validate", "-c", fh.name, "-l", "error", "--disable-hot-restart"],
@@ -615,15 +615,21 @@ def validate(envoy_bin: Path, configs: dict[str, dict[str, Any]], workdir: Path)
                 )
 
 
+# libyaml's emitter: PyYAML's pure-Python one took ~6 of a mesh start's ~11 s on 2 cores (43 files).
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write YAML next to ``path`` and rename it over, so Envoy sees one complete file."""
+    """Write YAML next to ``path`` and rename it over, so Envoy sees one complete file.
+
+    The rename is what makes the file whole for Envoy's watcher; no fsync: these files live in a
+    run directory that does not outlive the mesh, so durability across a power cut buys nothing.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(data, fh, sort_keys=False)
-            fh.flush()
-            os.fsync(fh.fileno())
+            yaml.dump(data, fh, Dumper=DUMPER, sort_keys=False)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
