@@ -53,6 +53,13 @@ def processes_using(directory: Path) -> list[psutil.Process]:
     return found
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The executed notebooks (nbval) belong to the slow tier: they start a kernel and a mesh."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)
+
+
 # Kubernetes fixtures (contract API and kmock emulator), defined in tests/kube.py.
 from kube import kube_api, kube_emulator  # noqa: E402, F401
 
