@@ -20,20 +20,20 @@ def synthetic(seconds: float = 60, rps: float = 1000):
     return lambda seed: cal.synthetic_run(seconds=seconds, rps=rps, seed=seed)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_aa_false_alarm_rate_is_at_most_alpha() -> None:
     r = cal.replay(synthetic(), cal.ours(("p50", "p90", "p99", "error_rate")), n=200, seed=1000)
     assert r.rate <= ALPHA and r.wilson[1] <= ALPHA + 0.03, (r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("split", [cal.split_aa, cal.split_windows], ids=["concurrent", "window-split"])
 def test_aa_false_alarm_rate_on_synthetic_data(split) -> None:
     r = cal.replay(synthetic(), cal.ours(("p50", "p90", "p99", "error_rate")), n=200, seed=1100, split=split)
     assert r.rate <= ALPHA and r.wilson[1] <= ALPHA + 0.03, (r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_aa_false_alarm_rate_on_a_recorded_local_mesh_run() -> None:
     recorded = pd.read_parquet(SAMPLE)
     assert len(recorded) > 100_000 and set(recorded["variant"]) == {"v1", "v2"}
@@ -43,19 +43,19 @@ def test_aa_false_alarm_rate_on_a_recorded_local_mesh_run() -> None:
         assert r.rate <= ALPHA and r.wilson[1] <= ALPHA + 0.03, (split.__name__, r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_five_step_canary_false_rollback_rate_is_at_most_alpha() -> None:
     r = cal.canary_false_rollbacks(synthetic(seconds=50, rps=300), n=200, looks=5, seed=2000)
     assert r.rate <= ALPHA and r.wilson[1] <= ALPHA + 0.03, (r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_power_for_one_ms_on_p50() -> None:
     r = cal.replay(synthetic(), cal.ours(("p50",), margin=FINE), n=100, effect=("add_ms", 1.0), seed=3000)
     assert r.rate >= 0.9, (r.hits, r.n)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_power_for_ten_percent_on_p99() -> None:
     margin = Margin(latency_ms=0.0, latency_pct=2.5)
     r = cal.replay(synthetic(), cal.ours(("p99",), margin=margin), n=100, effect=("scale_pct", 10), seed=500)
