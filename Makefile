@@ -11,7 +11,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 help:
 	@echo "make demo   set up, check the machine, run the default experiment suite on the local mesh"
-	@echo "make check  the fast tier after every change: ruff and every test not marked slow (< 3 min)"
+	@echo "make check  the fast tier after every change: ruff and every test not marked slow or heavy (< 3 min)"
 	@echo "make test   set up with test extras, then ruff and pytest (notebooks included): what CI runs"
 	@echo "make lab    JupyterLab on notebooks/ (prints the URL to open)"
 	@echo "make bench  run the benchmarks and print their figures"
@@ -70,9 +70,10 @@ lint: install-test
 	$(BIN)/ruff check .
 
 # pytest exits 5 when it collects no test: that is a failure here, as any non-zero status is.
-# Two tiers at once: the slow tier (real meshes, k6, kernels, Chromium) in front, and the fast tier
-# beside it at nice 19, so it runs only on CPU the slow tier leaves idle (its waits for scrapes,
-# windows and kernels) and never takes capacity a load test measures. The fast tier's log follows.
+# Two tiers at once: the slow tier (real meshes, k6, kernels, Chromium) in front, and the rest (the fast tier
+# and the heavy statistical replays) beside it at nice 19, so it runs only on CPU the slow tier
+# leaves idle (its waits for scrapes, windows and kernels) and never takes capacity a load test
+# measures. The log of the tier beside follows.
 test: install-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -81,14 +82,15 @@ test: install-test chromium
 	trap 'kill $$pid 2>/dev/null; rm -rf $$fast' EXIT; trap 'exit 130' INT TERM; \
 	$(BIN)/pytest --nbval-lax -m slow; slow=$$?; \
 	wait $$pid; quick=$$?; \
-	echo "== the fast tier (beside the slow tier, at nice 19): exit $$quick =="; cat $$fast/log; \
+	echo "== the fast tier and the heavy replays (beside the slow tier, at nice 19): exit $$quick =="; cat $$fast/log; \
 	[ $$slow -eq 0 ] && [ $$quick -eq 0 ]
 
-# The fast tier: no local mesh, no Jupyter kernel, no k6 run (those tests are marked slow).
+# The fast tier: no local mesh, no Jupyter kernel, no k6 run (those tests are marked slow), and no
+# long statistical replay (marked heavy; make test runs those beside the slow tier).
 check: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -m "not slow" tests
+	$(BIN)/pytest -q -m "not slow and not heavy" tests
 
 # JupyterLab on the notebooks, on loopback; as root it needs --allow-root. PORT=8888 by default.
 lab: install

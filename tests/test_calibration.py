@@ -20,20 +20,20 @@ def synthetic(seconds: float = 60, rps: float = 1000):
     return lambda seed: cal.synthetic_run(seconds=seconds, rps=rps, seed=seed)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_aa_false_alarm_rate_is_at_most_alpha() -> None:
     r = cal.replay(synthetic(), cal.ours(("p50", "p90", "p99", "error_rate")), n=200, seed=1000)
     assert r.rate <= ALPHA and r.wilson[1] <= ALPHA + 0.03, (r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("split", [cal.split_aa, cal.split_windows], ids=["concurrent", "window-split"])
 def test_aa_false_alarm_rate_on_synthetic_data(split) -> None:
     r = cal.replay(synthetic(), cal.ours(("p50", "p90", "p99", "error_rate")), n=200, seed=1100, split=split)
     assert r.rate <= ALPHA and r.wilson[1] <= ALPHA + 0.03, (r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_aa_false_alarm_rate_on_a_recorded_local_mesh_run() -> None:
     recorded = pd.read_parquet(SAMPLE)
     assert len(recorded) > 100_000 and set(recorded["variant"]) == {"v1", "v2"}
@@ -43,19 +43,19 @@ def test_aa_false_alarm_rate_on_a_recorded_local_mesh_run() -> None:
         assert r.rate <= ALPHA and r.wilson[1] <= ALPHA + 0.03, (split.__name__, r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_five_step_canary_false_rollback_rate_is_at_most_alpha() -> None:
     r = cal.canary_false_rollbacks(synthetic(seconds=50, rps=300), n=200, looks=5, seed=2000)
     assert r.rate <= ALPHA and r.wilson[1] <= ALPHA + 0.03, (r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_power_for_one_ms_on_p50() -> None:
     r = cal.replay(synthetic(), cal.ours(("p50",), margin=FINE), n=100, effect=("add_ms", 1.0), seed=3000)
     assert r.rate >= 0.9, (r.hits, r.n)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_power_for_ten_percent_on_p99() -> None:
     margin = Margin(latency_ms=0.0, latency_pct=2.5)
     r = cal.replay(synthetic(), cal.ours(("p99",), margin=margin), n=100, effect=("scale_pct", 10), seed=500)
@@ -119,7 +119,7 @@ def _assert_calibrated(fa: cal.FalseAlarms, where: str) -> None:
         assert r.rate <= ALPHA and r.wilson.high <= WILSON_MAX, (where, what, r.hits, r.n, r.wilson)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", list(cal.SCENARIOS))
 def test_aa_false_alarms_in_every_scenario(name: str) -> None:
     scenario = cal.SCENARIOS[name]
@@ -127,7 +127,7 @@ def test_aa_false_alarms_in_every_scenario(name: str) -> None:
     _assert_calibrated(fa, f"synthetic, {name}")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", list(cal.SCENARIOS))
 def test_aa_false_alarms_in_every_scenario_on_the_recorded_run(name: str) -> None:
     scenario = cal.SCENARIOS[name]
@@ -158,7 +158,7 @@ def test_scenarios_make_what_they_say() -> None:
 # Time to roll back: a canary at 5 % of 1000 rps
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.xfail(
     strict=True,
     reason="issue 15's target is not met yet: on these 50 replays the median is 80 s of canary traffic "
@@ -169,7 +169,7 @@ def test_time_to_roll_back_a_p99_regression() -> None:
     assert slow.median <= 60.0, sorted(slow.seconds)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_no_false_rollbacks_over_every_window_look() -> None:
     healthy = cal.rollback_times(cal.rollback_anytime, n=100, seed=300, seconds=300)
     r = healthy.rolled_back

@@ -57,8 +57,8 @@ def test_modes_without_client_sidecars_say_what_they_cannot_do() -> None:
             m.set_policy(Policy(service="ratings", rules=[PolicyRule(sources=["reviews"])]))
 
 
-def test_up_down_ten_times_leaves_no_process_and_no_port() -> None:
-    for _ in range(10):
+def test_up_down_five_times_leaves_no_process_and_no_port() -> None:
+    for _ in range(5):
         m = LocalMesh(mode="both", wait_for_metrics=False)
         m.start()
         ports = [sc.listen_port for sc in m.layout.sidecars] + [sc.admin_port for sc in m.layout.sidecars]

@@ -77,7 +77,7 @@ def test_a_failing_experiment_does_not_stop_the_others(tmp_path: Path) -> None:
         "  - {name: bad-version, kind: ab, service: catalog, variants: {baseline: v1, candidate: v7},"
         " split: {v1: 50, v7: 50}, rps: 100, duration: 3s}\n"
         "  - {name: good, kind: ab, service: reviews, variants: {baseline: v1, candidate: v2},"
-        " split: {v1: 50, v2: 50}, rps: 200, duration: 4s}\n",
+        " split: {v1: 50, v2: 50}, rps: 200, duration: 4s, ground_truth: false}\n",
     )
     proc = _run(tmp_path, str(cfg))
     assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -218,7 +218,8 @@ def test_an_aa_run_passes_the_gate(tmp_path: Path) -> None:
     cfg = _write(
         tmp_path,
         "experiments:\n  - {name: aa, kind: ab, service: reviews, variants: {baseline: v1, candidate: v2},"
-        " route: {header: x-variant, value: b, percent: 50}, rps: 300, duration: 10s, warmup: 1s}\n",
+        " route: {header: x-variant, value: b, percent: 50}, rps: 300, duration: 10s, warmup: 1s,"
+        " ground_truth: false}\n",
     )
     proc = _run(tmp_path, str(cfg), "--fail-on", "worse", "--seed", "11")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -915,18 +915,36 @@ def _update_counts(sc: ev.Sidecar, kinds: tuple[str, ...]) -> dict[str, tuple[in
     return out
 
 
-def kill_stragglers(run_dir: Path) -> None:
-    """Kill any process still referring to files of this run (e.g. after a crashed start)."""
+def kill_stragglers(run_dir: Path, timeout: float = 5.0) -> None:
+    """Kill any process still referring to files of this run (e.g. after a crashed start).
+
+    All are killed first, then waited for together. A killed orphan whose parent died stays a
+    zombie until its new parent reaps it (an init that does not reap keeps it forever), so a
+    zombie counts as gone: waiting on it one by one cost ``local down`` 5 s per orphan.
+    """
     needle = str(run_dir) + os.sep  # files inside the run, never just a command naming the dir
     me = os.getpid()
+    killed = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
             if proc.info["pid"] != me and needle in cmd:
                 proc.kill()
-                proc.wait(timeout=5)
-        except (psutil.Error, psutil.TimeoutExpired):
+                killed.append(proc)
+        except psutil.Error:
             continue
+    deadline = time.monotonic() + timeout
+    while killed and time.monotonic() < deadline:
+        killed = [p for p in killed if _running(p)]
+        if killed:
+            time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _dump(model: Any) -> Any:
