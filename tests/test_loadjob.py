@@ -256,6 +256,7 @@ def test_bad_requests() -> None:
 # Real k6 output: parsing and merging
 
 
+@pytest.mark.slow  # the pod program runs real k6 (the fixture): 20 rps must mean 20 rps
 def test_pod_logs_parse_and_merge(pod_logs: list[str]) -> None:
     pods = [parse_pod_log(text) for text in pod_logs]
     assert [p.index for p in pods] == [0, 1, 2]
@@ -289,6 +290,7 @@ def test_damaged_logs() -> None:
 # The API conversation
 
 
+@pytest.mark.slow
 def test_run_load_job_conversation(httpserver: HTTPServer, writer: Writer, pod_logs: list[str]) -> None:
     _expect_apply(httpserver)
     httpserver.expect_ordered_request(JOB_PATH, "GET").respond_with_json({"status": {"active": 3}})
