@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,15 @@ def _problems(path: Path, shown: str) -> list[config.Problem]:
 
 def test_console_script_is_installed() -> None:
     assert WORKBENCH.is_file()
+
+
+def test_the_command_line_skips_the_iri_grammar_jsonschema_would_compile() -> None:
+    """papermill imports jsonschema, whose optional IRI checker compiles an Earley grammar at import
+    (seconds of CPU per command); the command line blocks that one optional module and nothing else."""
+    code = (
+        "import sys, workbench.cli, papermill, jsonschema;"
+        "print(sys.modules['rfc3987_syntax'] is None, 'iri' in jsonschema.FormatChecker.checkers,"
+        " 'uri' in jsonschema.FormatChecker.checkers or 'date' in jsonschema.FormatChecker.checkers)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["True", "False", "True"]

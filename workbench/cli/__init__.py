@@ -6,6 +6,7 @@ input (usage, experiments.yaml), 3 an experiment could not run, 130 interrupted.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -14,6 +15,12 @@ from workbench import __version__
 from workbench.cli import audit, export, history, ingest, local, run, validate
 from workbench.cli import doctor as doctor_cmd
 from workbench.cli._common import out
+
+# Before anything imports jsonschema (papermill and nbformat do, to run or render a notebook): it
+# imports its optional IRI format checker, rfc3987-syntax (installed by jupyter-events' extras),
+# which compiles an Earley grammar at import, ~3.5 s of CPU here for every such command. Nothing in
+# the workbench checks the "iri" format, so the command line goes without that one checker.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
 
 app = typer.Typer(
     help="Mesh Workbench: what did this change do to latency, errors and security, and is it real?",
