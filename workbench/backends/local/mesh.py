@@ -482,6 +482,20 @@ class LocalMesh:
         return f"http://127.0.0.1:{self.layout.prometheus_port}"
 
     @contextmanager
+    def untraced(self) -> Iterator[None]:
+        """Sampling 0 for the block (Envoy's tracer and the span receiver then cost nothing), back to
+        its setting after, also on error; not a release change, so not audited. Nothing to do on a
+        mesh without tracing."""
+        if self.layout is None or not self.sampling:
+            yield
+            return
+        self._apply_sampling(0)
+        try:
+            yield
+        finally:
+            self._apply_sampling(self.sampling)
+
+    @contextmanager
     def quiet(self) -> Iterator[None]:
         """Pause this mesh's Prometheus scraping for the block (the exporters then sit idle), so
         a measurement elsewhere on the machine does not pay for it; scraping resumes after, also
@@ -490,9 +504,7 @@ class LocalMesh:
         Tracing is the other observer: sampling drops to 0 for the block (Envoy's tracer and the
         span receiver then cost nothing) and returns to its setting after."""
         with ExitStack() as stack:
-            if self.layout is not None and self.sampling:
-                self._apply_sampling(0)
-                stack.callback(self._apply_sampling, self.sampling)
+            stack.enter_context(self.untraced())
             if not self.telemetry or self.layout is None:
                 yield
                 return
