@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
@@ -108,6 +109,54 @@ def test_localization_on_the_recorded_run_names_the_injected_service(
         and frame.iloc[0]["estimate"] > 0.5 * meta["change"]["service_time_ms"]
     )
     assert (frame.iloc[1:]["verdict"] != "worse").all()
+
+
+def _synthetic_hops(stretch: list[float], added_ms: dict[str, float], seed: int) -> pd.DataFrame:
+    """Per-request hops of five services in windows of 0.5 s, 50 requests each: a service's
+    baseline work is stretched by the host (``stretch`` per window, times a 10 % window-to-window
+    jitter); ``added_ms`` is time a change adds (a sleep: a busy host does not stretch it)."""
+    rng = np.random.default_rng(seed)
+    levels = {"frontend": 10.0, "catalog": 8.0, "reviews": 8.0, "ratings": 5.0, "pricing": 5.0}
+    t0, rows = 1_700_000_000.0, []
+    for w, f in enumerate(stretch):
+        for service, level in levels.items():
+            start = t0 + 0.5 * w + np.sort(rng.uniform(0, 0.5, 50))
+            jitter = rng.lognormal(0.0, 0.1)
+            own = level * f * jitter * rng.lognormal(0.0, 0.25, 50) + added_ms.get(service, 0.0)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "timestamp": pd.to_datetime(start, unit="s"),
+                        "service": service,
+                        "self_ms": own,
+                        "status": 200,
+                        "originated": False,
+                        "failed_call": False,
+                    }
+                )
+            )
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_a_host_slowing_down_during_the_change_does_not_hide_or_invent_a_culprit() -> None:
+    """The common-mode correction takes the host's stretch of each service's baseline work off;
+    time the change adds is not stretched. Dividing by the host factor instead shrank pricing's
+    +8 ms and, with the host drifting from 1.0 to 2.0 within the changed phase, made its windows
+    trend: lower bounds of 0.9-3.7 ms here, and a quick topology run on a busy CI host missed it."""
+    drifting = list(np.linspace(1.0, 2.0, 10))
+    for seed in range(5):
+        base = _synthetic_hops([1.0] * 10, {}, seed)
+        changed = _synthetic_hops(drifting, {"pricing": 8.0}, seed + 100)
+        result = localize(base, changed, window=0.5)
+        ranked = result.to_frame().set_index("service")
+        assert result.culprit == "pricing", ranked
+        assert ranked.loc["pricing", "ci_low"] > 4.0, ranked
+        assert 6.5 < ranked.loc["pricing", "estimate"] < 9.5, ranked
+        assert (ranked.drop(index="pricing")["verdict"] != "worse").all(), ranked
+        # the host busier by 30 % and no change: nobody is the culprit (what the correction is for)
+        busy = _synthetic_hops([1.3] * 10, {}, seed + 200)
+        assert localize(base, busy, window=0.5).culprit is None
+        assert localize(base, busy, window=0.5, common_mode=False).culprit is not None
 
 
 def _log(
@@ -246,7 +295,7 @@ def test_topology_notebook_quick_shows_the_graph_and_the_culprit(tmp_path: Path)
     config = tmp_path / "experiments.yaml"
     config.write_text(
         "backend: local\nexperiments:\n"
-        "  - {name: blue, kind: topology, rps: 150, duration: 30s, warmup: 2s,\n"
+        "  - {name: blue, kind: topology, rps: 120, duration: 30s, warmup: 2s,\n"
         "     change: {service: pricing, service_time_ms: 8}}\n"
     )
     out = tmp_path / "topology.ipynb"

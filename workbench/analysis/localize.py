@@ -32,12 +32,17 @@ Each service's per-window self-time p50 (robust to the tails of a busy host) and
 rate in the changed window are compared with the baseline window by ``stats.compare_tables`` (time
 windows as the unit, intervals against the practical margin), at ``alpha / number of services``
 (Bonferroni across services; within a service Holm's step-down across its metrics). A host-wide
-slowdown (CPU contention from other processes) stretches every service at once; by default each
-window's self-times are first divided by that window's common factor, the median over services of
-their ratio to their own baseline level, so a service is judged against the others (a difference
-in differences; the median ignores one culprit). Services are ranked by their score, the lower
-confidence bound of the increase in units of the margin (> 1 means the whole interval lies beyond
-the margin: ``worse``), ties by p-value. The culprit is the top service when it is ``worse``.
+slowdown (CPU contention from other processes) stretches every service at once. By default each
+window first gets that window's common factor ``f``: the median over services of their ratio to
+their own baseline level (the median ignores one culprit). The host stretches the work a service
+did at baseline, so ``level * (f - 1)`` is taken off each service's window, not ``1 - 1/f`` of it:
+time a change *adds* (a sleep, a new call) is not stretched by a busy host, and dividing it by
+``f`` would shrink the culprit's increase and turn a drift of the host within a phase into a trend
+of the culprit's windows (a wide interval). A service is thus judged against the others (a
+difference in differences).
+Services are ranked by their score, the lower confidence bound of the increase in units of the
+margin (> 1 means the whole interval lies beyond the margin: ``worse``), ties by p-value. The
+culprit is the top service when it is ``worse``.
 """
 
 from __future__ import annotations
@@ -525,10 +530,11 @@ def localize(
     callers only pass the change on; taken from the logs when given raw.
 
     ``common_mode``: a busy host (other processes, CPU contention) stretches every service's
-    self-time at once, which is not any one service's doing. Each window's self-time statistics
-    are divided by that window's common factor — the median over services of their ratio to their
-    own baseline level — so a service is judged against the others (a difference in differences).
-    With one culprit among several services the median ignores it; the estimates stay in ms on the
+    self-time at once, which is not any one service's doing. Each window's common factor ``f`` is
+    the median over services of their ratio to their own baseline level; each service's window
+    statistic loses ``level * (f - 1)``, the stretch of its baseline work (see the module
+    docstring), so a service is judged against the others (a difference in differences). With one
+    culprit among several services the median ignores it; the estimates stay in ms on the
     baseline's scale (the table also gives the median self-times as measured).
     """
     if "self_ms" not in baseline.columns:
@@ -594,8 +600,10 @@ def localize_spans(baseline: Any, changed: Any, **options: Any) -> Localization:
 def _common_mode(
     tables: dict[str, tuple[pd.DataFrame | None, pd.DataFrame | None]], metrics: Sequence[str]
 ) -> dict[str, tuple[pd.DataFrame | None, pd.DataFrame | None]]:
-    """Divide each window's latency statistics by the median over services of their ratio to
-    their baseline level (see ``localize``); each arm's windows get their own factors."""
+    """Take each window's host-wide stretch off each service's latency statistics: its baseline
+    level times (the window's common factor - 1), the factor being the median over services of
+    their ratio to their own baseline level (see ``localize``); each arm's windows get their own
+    factors."""
     out = {
         s: (None if wa is None else wa.copy(), None if wb is None else wb.copy())
         for s, (wa, wb) in tables.items()
@@ -615,11 +623,11 @@ def _common_mode(
             }
             if len(ratios) < 3:
                 continue
-            factor = pd.DataFrame(ratios).median(axis=1, skipna=True).clip(lower=1e-3)
-            for pair in out.values():
-                w = pair[arm]
+            stretch = pd.DataFrame(ratios).median(axis=1, skipna=True) - 1.0
+            for service, lv in levels.items():
+                w = out[service][arm]
                 if w is not None:
-                    w[metric] = w[metric] / factor.reindex(w.index).fillna(1.0)
+                    w[metric] = w[metric] - lv * stretch.reindex(w.index).fillna(0.0)
     return out
 
 
