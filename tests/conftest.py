@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,6 +52,17 @@ def processes_using(directory: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM interrupts like Ctrl-C, so fixtures stop what they started: make test stops the
+    lanes beside its slow tier with SIGTERM when it is interrupted (a background job ignores
+    SIGINT)."""
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

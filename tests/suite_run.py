@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import yaml
 
 from conftest import REPO, SHARED, run_workbench
 
-MESH_MARK = "workbench-mesh-"
+# meshes of this test process (make test gives each lane its own TMPDIR), not of a lane beside it
+MESH_MARK = str(Path(tempfile.gettempdir()) / "workbench-mesh-")
 
 
 def mesh_processes() -> set[int]:

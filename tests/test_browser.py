@@ -35,31 +35,38 @@ def chromium() -> browser.Chromium:
 
 
 @pytest.fixture(scope="module")
-def checks(quick_run: Run, chromium: browser.Chromium) -> list[browser.PageCheck]:
-    found = browser.check_run(quick_run.reports / quick_run.run_id, quick_run.data, chromium)
+def printed(quick_run: Run) -> subprocess.CompletedProcess:
+    """``workbench report RUN --no-render --pdf --check``, once: one Chromium checks every page (its
+    findings in the run's browser-check.json, screenshots beside) and prints each to PDF."""
+    args = ["--reports", str(quick_run.reports), "--data", str(quick_run.data.parent)]
+    return run_cli("report", quick_run.run_id, "--no-render", "--pdf", "--check", *args, cwd=quick_run.root)
+
+
+@pytest.fixture(scope="module")
+def checks(quick_run: Run, printed: subprocess.CompletedProcess) -> list[dict]:
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    found = json.loads((quick_run.reports / quick_run.run_id / browser.CHECK_FILE).read_text())
     for c in found:
-        problems = "; ".join(c.problems) or "ok"
-        size = c.size_bytes / 2**20
+        problems = "; ".join(c["problems"]) or "ok"
         print(
-            f"{c.page.name:<28} {c.figures_drawn:>2}/{c.figures_expected} figures "
-            f"{c.open_s:5.2f} s {size:5.2f} MiB {problems}"
+            f"{c['page']:<28} {c['figures_drawn']:>2}/{c['figures_expected']} figures "
+            f"{c['open_s']:5.2f} s {c['size_bytes'] / 2**20:5.2f} MiB {problems}"
         )
     return found
 
 
 def test_every_page_draws_every_figure_without_errors_or_network(quick_run: Run, checks: list) -> None:
     names = json.loads((quick_run.data / "run.json").read_text())["experiments"]
-    assert {c.page.stem for c in checks} == {"index", *names}
+    run_reports = quick_run.reports / quick_run.run_id
+    assert {Path(c["page"]).stem for c in checks} == {"index", *names}
     for c in checks:
-        assert c.ok, (c.page.name, c.problems)
-        if c.page.name != "index.html":
-            expected = browser.notebook_figures(quick_run.data / c.page.with_suffix(".ipynb").name)
-            assert expected >= 1 and c.figures_drawn == expected == c.figures_expected, c.page.name
-        assert c.size_bytes <= MAX_REPORT_BYTES, (c.page.name, c.size_bytes)
-        assert c.screenshot is not None and c.screenshot.stat().st_size > 10_000
-        assert c.screenshot.parent == quick_run.reports / quick_run.run_id / "screenshots"
-    saved = json.loads((quick_run.reports / quick_run.run_id / browser.CHECK_FILE).read_text())
-    assert [s["page"] for s in saved] == [c.page.name for c in checks]
+        assert not c["problems"] and not c["console_errors"] and not c["external_requests"], c
+        if c["page"] != "index.html":
+            expected = browser.notebook_figures(quick_run.data / Path(c["page"]).with_suffix(".ipynb").name)
+            assert expected >= 1 and c["figures_drawn"] == expected == c["figures_expected"], c["page"]
+        assert c["size_bytes"] <= MAX_REPORT_BYTES, (c["page"], c["size_bytes"])
+        shot = run_reports / browser.SCREENSHOTS / c["screenshot"]
+        assert shot.stat().st_size > 10_000, shot
 
 
 def _mutated(report: Path, tmp: Path, change: str) -> Path:
@@ -105,12 +112,12 @@ def _first_page_ink(pdf: Path, out: Path) -> float:
     return float((pixels < 235).mean())
 
 
-def test_report_pdf_prints_the_index_and_every_report(quick_run: Run, tmp_path: Path) -> None:
+def test_report_pdf_prints_the_index_and_every_report(
+    quick_run: Run, printed: subprocess.CompletedProcess, tmp_path: Path
+) -> None:
     """``workbench report RUN --no-render --pdf --check``: one Chromium checks and prints every page."""
-    args = ["--reports", str(quick_run.reports), "--data", str(quick_run.data.parent)]
-    proc = run_cli("report", quick_run.run_id, "--no-render", "--pdf", "--check", *args, cwd=quick_run.root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "index.html" in proc.stdout and "screenshots:" in proc.stdout
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    assert "index.html" in printed.stdout and "screenshots:" in printed.stdout
     pdf_dir = quick_run.reports / quick_run.run_id / "pdf"
     pages = {p.stem for p in (quick_run.reports / quick_run.run_id).glob("*.html")}
     assert {p.stem for p in pdf_dir.glob("*.pdf")} == pages

@@ -51,6 +51,7 @@ def test_invalid_input_exits_2_before_anything_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # a backend that is not there: measures nothing
 def test_unavailable_backend_marks_experiments_failed_with_the_reason(tmp_path: Path) -> None:
     cfg = _write(
         tmp_path,
@@ -218,7 +219,7 @@ def test_an_aa_run_passes_the_gate(tmp_path: Path) -> None:
     cfg = _write(
         tmp_path,
         "experiments:\n  - {name: aa, kind: ab, service: reviews, variants: {baseline: v1, candidate: v2},"
-        " route: {header: x-variant, value: b, percent: 50}, rps: 300, duration: 10s, warmup: 1s,"
+        " route: {header: x-variant, value: b, percent: 50}, rps: 100, duration: 8s, warmup: 1s,"
         " ground_truth: false}\n",
     )
     proc = _run(tmp_path, str(cfg), "--fail-on", "worse", "--seed", "11")

@@ -57,8 +57,8 @@ def traced_run(mode: str, tracer: str, rps: float = 40, seconds: float = 3) -> t
 
 @pytest.mark.parametrize(
     ("mode", "tracer"),
-    [("both", "opentelemetry"), ("serveronly", "opentelemetry"), ("none", "opentelemetry"),
-     ("both-mtls", "opentelemetry")],
+    # both is Zipkin's and the live-sampling test's mode; both-mtls has the same span tree, over mTLS
+    [("serveronly", "opentelemetry"), ("none", "opentelemetry"), ("both-mtls", "opentelemetry")],
 )  # fmt: skip
 def test_every_request_is_one_trace_shaped_like_the_call_graph(mode: str, tracer: str) -> None:
     table, requests, stats = traced_run(mode, tracer)
@@ -125,6 +125,22 @@ def test_sampling_changes_live() -> None:
         result = mesh.run_load("frontend", LoadProfile(rps=60, connections=4, duration_s=3))
         time.sleep(2.5)
         half = critical.analyse(tail.read())
+        # untraced(): sampling 0 for a block (a measurement the tracer must not slow), back after,
+        # also when the block fails; not a change to the mesh, so not among its recorded changes
+        changes = len(mesh.changes)
+        with pytest.raises(RuntimeError, match="inside"), mesh.untraced():
+            mesh.run_load("frontend", LoadProfile(rps=40, connections=4, duration_s=2))
+            time.sleep(2.5)
+            untraced = tail.read()
+            raise RuntimeError("a failure inside the block")
+        assert mesh.sampling == 50 and len(mesh.changes) == changes
+        after = mesh.run_load("frontend", LoadProfile(rps=60, connections=4, duration_s=3))
+        time.sleep(2.5)
+        again = critical.analyse(tail.read())
+        recorded = [c["after"] for c in mesh.changes if c["action"] == "tracing"]
     assert none.num_rows == 0
     share = half.traces["complete"].sum() / len(result.samples)
     assert 0.3 < share < 0.7 and half.quality["orphans"] == 0  # whole traces are sampled, not spans
+    assert untraced.num_rows == 0
+    assert 0.3 < again.traces["complete"].sum() / len(after.samples) < 0.7
+    assert recorded == [{"sampling": 0}, {"sampling": 50}]

@@ -15,19 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.backends.capabilities import (
-    ADAPTERS,
-    LOCAL,
-    NO_TRACING,
-    Capability,
-    Offer,
-    kubernetes_offer,
-    load_class,
-)
 from workbench.errors import BackendError
 
+# The capabilities (and the config schema under them) are imported where used: every demo-app
+# process of the local mesh imports workbench.backends.local, and so this package, at start.
 if TYPE_CHECKING:
     from workbench.backends.base import Backend
+    from workbench.backends.capabilities import Offer
     from workbench.config import BackendSettings
 
 __all__ = ["Opened", "declared", "mesh_offer", "mode_offer", "open_backend"]
@@ -84,6 +78,8 @@ def open_backend(
 
 def mesh_offer(mesh: str) -> Offer:
     """The declared offer of a mesh adapter (``istio``, ``linkerd``, ``consul``, ``gateway-api``)."""
+    from workbench.backends.capabilities import ADAPTERS, load_class
+
     if mesh not in ADAPTERS:
         raise BackendError(f"mesh must be one of {', '.join(ADAPTERS)} (got {mesh!r})")
     return load_class(ADAPTERS[mesh]).CAPABILITIES  # type: ignore[attr-defined,no-any-return]
@@ -115,6 +111,8 @@ def declared(
     ``backend``: ``local`` (with its sidecar ``mode``) or ``kubernetes`` (with ``mesh``; ``auto`` or
     None gives the backend's own offer only: the mesh's is known once detected, at the run's start).
     """
+    from workbench.backends.capabilities import LOCAL, NO_TRACING, Capability, Offer, kubernetes_offer
+
     if backend == "local":
         offer = LOCAL & mode_offer(mode or "both")
         if not traces:

@@ -10,8 +10,24 @@
 Comparisons with intervals and localization live above, in ``workbench.analysis.traces``.
 """
 
-from workbench.traces.critical import CriticalPath, analyse
-from workbench.traces.spans import SCHEMA, Intake, SpanFileError, SpanTail, read, table, write
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.traces.critical import CriticalPath, analyse
+    from workbench.traces.spans import SCHEMA, Intake, SpanFileError, SpanTail, read, table, write
+
+# Lazy: the span receiver (a process of every traced local mesh) imports this package for its
+# readers and spans only; ``critical`` would add pandas to its start.
+_HOME = {"CriticalPath": "critical", "analyse": "critical"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from importlib import import_module
+
+        return getattr(import_module(f"workbench.traces.{_HOME.get(name, 'spans')}"), name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "SCHEMA",

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from workbench.config.problems import ConfigError, Problem, parse_model
 from workbench.units import Strict
 
 DEMO = files("workbench.backends.local").joinpath("demo_topology.yaml")
@@ -70,6 +69,10 @@ class Topology(Strict):
 
 def load_topology(path: str | Path | None = None) -> Topology:
     """The demo topology, or the one in ``path``; ConfigError names file, line and field."""
+    # here, not at the top: each demo-app process imports this module for ``Behaviour`` only, and
+    # the config package (its schema) would add ~0.1 s of CPU to each of the ~8 at a mesh's start
+    from workbench.config.problems import ConfigError, Problem, parse_model
+
     if path is None:
         return parse_model(DEMO.read_text(), Topology, "demo_topology.yaml")[0]
     try:
