@@ -47,8 +47,8 @@ QUICK_MIN_BY_KIND = {"ab": 30.0, "mesh_compare": 4.0, "canary": 5.0, "topology":
 # their lag-1 autocorrelation. With 4 windows the t-quantile (3.18) made a 2 ms effect against a
 # 1 ms margin a coin toss on 2 cores; with 8, a drift of the host across the run inflated the
 # interval through an autocorrelation estimated from 7 differences (CI: +2.37 [+0.26, +4.49] ms,
-# the same data in 16 windows +2.26 [+1.07, +3.45]). 16 windows of ~1.9 s, ~90 requests per arm.
-QUICK_WINDOWS_BY_KIND = {"ab": 16}
+# the same data in 16 windows +2.26 [+1.07, +3.45]). 15 windows of 2 s, ~100 requests per arm.
+QUICK_WINDOWS_BY_KIND = {"ab": 15}
 QUICK_WINDOWS = 4
 VERDICT_SEVERITY: dict[str, Severity] = {"worse": "worse", "inconclusive": "inconclusive", "better": "ok",
                                          "equivalent": "ok"}  # fmt: skip
@@ -305,7 +305,7 @@ def quick_spec(spec: Any) -> Any:
     """The same experiment, shortened for a smoke run (``--quick``).
 
     A fifth of each duration (at least 2 s; an A/B 30 s, a topology 12 s, a canary step 5 s),
-    warm-up at most 1 s, windows short enough for >= 4 per phase (an A/B: 16), sweeps cut to their
+    warm-up at most 1 s, windows short enough for >= 4 per phase (an A/B: 15), sweeps cut to their
     first and last values, one repetition; a mesh comparison keeps its baseline and its last mode
     at its first connection count, one trial of 8 s (at least) per mode. Interleaved trials are
     what full runs are for.
