@@ -157,5 +157,5 @@ def test_quick_mode_keeps_enough_paired_windows_for_the_default_ab_to_decide() -
     cfg = config.load(REPO / "experiments.yaml")
     by_name = {e.name: quick_spec(e) for e in cfg.experiments}
     ab, canary = by_name["catalog-v2-ab"], by_name["reviews-canary"]
-    assert (ab.duration, ab.window, ab.warmup) == (20.0, 2.0, 1.0)  # 10 windows: t(9), not t(3)
+    assert (ab.duration, ab.window, ab.warmup) == (30.0, 2.0, 1.0)  # 15 windows: t(14), not t(3)
     assert canary.window == 1.0 and all(s.duration == 5.0 for s in canary.steps)

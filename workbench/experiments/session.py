@@ -44,10 +44,13 @@ PROGRESS_ENV = "WORKBENCH_PROGRESS_FILE"  # the runner tails this file to show p
 TRACE_KINDS = frozenset({"traces", "topology"})
 QUICK_MIN_DURATION_S = 2.0
 # enough windows of enough requests to judge (a canary's: per step)
-QUICK_MIN_BY_KIND = {"ab": 20.0, "mesh_compare": 4.0, "canary": 5.0, "traces": 8.0, "topology": 12.0}
-# Windows per phase in quick mode: an A/B's interval is a t-interval over paired windows, and with
-# 4 windows its t-quantile (3.18) makes a 2 ms effect against a 1 ms margin a coin toss on 2 cores.
-QUICK_WINDOWS_BY_KIND = {"ab": 8}
+QUICK_MIN_BY_KIND = {"ab": 30.0, "mesh_compare": 4.0, "canary": 5.0, "traces": 8.0, "topology": 12.0}
+# Windows per phase in quick mode: an A/B's interval is a t-interval over paired windows, widened by
+# their lag-1 autocorrelation. With 4 windows the t-quantile (3.18) made a 2 ms effect against a
+# 1 ms margin a coin toss on 2 cores; with 8, a drift of the host across the run inflated the
+# interval through an autocorrelation estimated from 7 differences (CI: +2.37 [+0.26, +4.49] ms,
+# the same data in 16 windows +2.26 [+1.07, +3.45]). 15 windows of 2 s, ~100 requests per arm.
+QUICK_WINDOWS_BY_KIND = {"ab": 15}
 QUICK_WINDOWS = 4
 VERDICT_SEVERITY: dict[str, Severity] = {"worse": "worse", "inconclusive": "inconclusive", "better": "ok",
                                          "equivalent": "ok"}  # fmt: skip
@@ -349,8 +352,8 @@ def open_session(
 def quick_spec(spec: Any) -> Any:
     """The same experiment, shortened for a smoke run (``--quick``).
 
-    A fifth of each duration (at least 2 s; an A/B 20 s, a topology 12 s, a canary step 5 s, traces
-    8 s), warm-up at most 1 s, windows short enough for >= 4 per phase (an A/B: 8; whole seconds, as
+    A fifth of each duration (at least 2 s; an A/B 30 s, a topology 12 s, a canary step 5 s, traces
+    8 s), warm-up at most 1 s, windows short enough for >= 4 per phase (an A/B: 15; whole seconds, as
     a cluster's Prometheus windows are), sweeps cut to their first and last values, one repetition;
     a mesh comparison keeps its baseline and its last mode at its first connection count, one trial
     of 8 s (at least) per mode — across clusters (``meshes``) two trials, the least an interval over
