@@ -77,15 +77,13 @@ lint: install-test
 test: install-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@t=$$(mktemp -d); mkdir -p $$t/fast $$t/beside $$t/front; \
-	TMPDIR=$$t/fast nice -n 19 $(BIN)/pytest -q -m "not slow" -p no:cacheprovider --basetemp=$$t/fast/pytest tests >$$t/fast.log 2>&1 & fast=$$!; \
-	TMPDIR=$$t/beside nice -n 10 $(BIN)/pytest -q -m "slow and beside" -p no:cacheprovider --basetemp=$$t/beside/pytest tests >$$t/beside.log 2>&1 & beside=$$!; \
-	trap 'kill $$fast $$beside 2>/dev/null; wait; rm -rf $$t' EXIT; trap 'exit 130' INT TERM; \
-	TMPDIR=$$t/front $(BIN)/pytest --nbval-lax -m "slow and not beside"; front=$$?; \
-	wait $$beside; side=$$?; wait $$fast; quick=$$?; \
-	echo "== slow tests that measure nothing (beside the measuring ones, at nice 10): exit $$side =="; cat $$t/beside.log; \
-	echo "== the fast tier and the heavy replays (beside, at nice 19): exit $$quick =="; cat $$t/fast.log; \
-	[ $$front -eq 0 ] && [ $$side -eq 0 ] && [ $$quick -eq 0 ]
+	@fast=$$(mktemp -d); \
+	nice -n 19 $(BIN)/pytest -q -m "not slow" -p no:cacheprovider --basetemp=$$fast/tmp tests >$$fast/log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait; rm -rf $$fast' EXIT; trap 'exit 130' INT TERM; \
+	$(BIN)/pytest --nbval-lax -m slow; slow=$$?; \
+	wait $$pid; quick=$$?; \
+	echo "== the fast tier and the heavy replays (beside the slow tier, at nice 19): exit $$quick =="; cat $$fast/log; \
+	[ $$slow -eq 0 ] && [ $$quick -eq 0 ]
 
 # The fast tier: no local mesh, no Jupyter kernel, no k6 run (those tests are marked slow), and no
 # long statistical replay (marked heavy; make test runs those beside the slow tier).

@@ -60,7 +60,7 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM interrupts like Ctrl-C, so fixtures stop what they started: make test stops the
-    lanes beside its slow tier with SIGTERM when it is interrupted (a background job ignores
+    fast tier beside its slow tier with SIGTERM when it is interrupted (a background job ignores
     SIGINT)."""
     signal.signal(signal.SIGTERM, _interrupted)
 

@@ -20,7 +20,7 @@ import yaml
 
 from conftest import REPO, SHARED, run_workbench
 
-# meshes of this test process (make test gives each lane its own TMPDIR), not of a lane beside it
+# meshes started under this process's temp dir, not another test run's on the same machine
 MESH_MARK = str(Path(tempfile.gettempdir()) / "workbench-mesh-")
 
 

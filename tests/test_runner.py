@@ -51,7 +51,6 @@ def test_invalid_input_exits_2_before_anything_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.beside  # a backend that is not there: measures nothing
 def test_unavailable_backend_marks_experiments_failed_with_the_reason(tmp_path: Path) -> None:
     cfg = _write(
         tmp_path,
