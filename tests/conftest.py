@@ -60,7 +60,7 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM interrupts like Ctrl-C, so fixtures stop what they started: make test stops the
-    fast tier beside its slow tier with SIGTERM when it is interrupted (a background job ignores
+    lanes beside its slow tier with SIGTERM when it is interrupted (a background job ignores
     SIGINT)."""
     signal.signal(signal.SIGTERM, _interrupted)
 
@@ -91,4 +91,4 @@ def _isolated_audit_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 
 # The default suite's quick run, shared by the slow tests that read a real run (tests/suite_run.py).
-from suite_run import quick_run  # noqa: E402, F401
+from suite_run import quick_run, reported  # noqa: E402, F401

@@ -2,7 +2,8 @@
 
 The ``quick_run`` session fixture (registered in conftest.py) runs it once, ~3 min on the local
 mesh; tests/test_run.py checks the run and its artifacts, tests/test_browser.py opens its pages
-in Chromium and prints them.
+in Chromium and prints them. The ``reported`` fixture re-renders, checks and prints the run once
+(``workbench report RUN --pdf --check``), for both.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 
 from conftest import REPO, SHARED, run_workbench
 
-# meshes started under this process's temp dir, not another test run's on the same machine
+# meshes of this test process (make test gives each lane its own TMPDIR), not of a lane beside it
 MESH_MARK = str(Path(tempfile.gettempdir()) / "workbench-mesh-")
 
 
@@ -79,3 +80,32 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     seconds = time.monotonic() - t0
     print(f"workbench run --quick: {seconds:.0f} s\n{proc.stdout}\n{proc.stderr}")
     return Run(root, proc, seconds, before)
+
+
+class Reported:
+    """One ``workbench report RUN --pdf --check`` of the quick run, after one report was deleted:
+    every report re-rendered from stored data, every page checked in one headless Chromium (its
+    findings in the run's browser-check.json, screenshots beside) and printed to PDF."""
+
+    def __init__(
+        self,
+        proc: subprocess.CompletedProcess,
+        seconds: float,
+        verdicts_before: dict[str, str],
+        removed: Path,
+    ):
+        self.proc, self.seconds, self.verdicts_before, self.removed = proc, seconds, verdicts_before, removed
+
+
+@pytest.fixture(scope="session")
+def reported(quick_run: Run) -> Reported:
+    names = json.loads((quick_run.data / "run.json").read_text())["experiments"]
+    before = {n: quick_run.result(n)["verdict"] for n in names}
+    removed = quick_run.reports / quick_run.run_id / "catalog-v2-ab.html"
+    removed.unlink()
+    args = ["--reports", str(quick_run.reports), "--data", str(quick_run.data.parent)]
+    t0 = time.monotonic()
+    proc = run_cli("report", quick_run.run_id, "--pdf", "--check", *args, cwd=quick_run.root)
+    seconds = time.monotonic() - t0
+    print(f"workbench report --pdf --check: {seconds:.0f} s")
+    return Reported(proc, seconds, before, removed)

@@ -384,6 +384,7 @@ def test_kubernetes_changes_and_releases_are_audited(kube_emulator: Any, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # audit entries, not figures
 def test_runner_records_experiment_start_and_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from workbench.suite.runner import run_suite
 
@@ -429,6 +430,7 @@ def _wait_for(url: str, query: str, want: Any, timeout: float = 20.0) -> list[di
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # audit metrics and markers, not figures
 def test_local_mesh_audit_metrics_in_prometheus_and_canary_markers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

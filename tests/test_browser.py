@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from suite_run import Run, run_cli
+from suite_run import Reported, Run
 from workbench.report import browser
 
 pytestmark = pytest.mark.slow
@@ -35,16 +35,8 @@ def chromium() -> browser.Chromium:
 
 
 @pytest.fixture(scope="module")
-def printed(quick_run: Run) -> subprocess.CompletedProcess:
-    """``workbench report RUN --no-render --pdf --check``, once: one Chromium checks every page (its
-    findings in the run's browser-check.json, screenshots beside) and prints each to PDF."""
-    args = ["--reports", str(quick_run.reports), "--data", str(quick_run.data.parent)]
-    return run_cli("report", quick_run.run_id, "--no-render", "--pdf", "--check", *args, cwd=quick_run.root)
-
-
-@pytest.fixture(scope="module")
-def checks(quick_run: Run, printed: subprocess.CompletedProcess) -> list[dict]:
-    assert printed.returncode == 0, printed.stdout + printed.stderr
+def checks(quick_run: Run, reported: Reported) -> list[dict]:
+    assert reported.proc.returncode == 0, reported.proc.stdout + reported.proc.stderr
     found = json.loads((quick_run.reports / quick_run.run_id / browser.CHECK_FILE).read_text())
     for c in found:
         problems = "; ".join(c["problems"]) or "ok"
@@ -113,11 +105,11 @@ def _first_page_ink(pdf: Path, out: Path) -> float:
 
 
 def test_report_pdf_prints_the_index_and_every_report(
-    quick_run: Run, printed: subprocess.CompletedProcess, tmp_path: Path
+    quick_run: Run, reported: Reported, tmp_path: Path
 ) -> None:
     """``workbench report RUN --no-render --pdf --check``: one Chromium checks and prints every page."""
-    assert printed.returncode == 0, printed.stdout + printed.stderr
-    assert "index.html" in printed.stdout and "screenshots:" in printed.stdout
+    assert reported.proc.returncode == 0, reported.proc.stdout + reported.proc.stderr
+    assert "index.html" in reported.proc.stdout and "screenshots:" in reported.proc.stdout
     pdf_dir = quick_run.reports / quick_run.run_id / "pdf"
     pages = {p.stem for p in (quick_run.reports / quick_run.run_id).glob("*.html")}
     assert {p.stem for p in pdf_dir.glob("*.pdf")} == pages

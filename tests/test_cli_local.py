@@ -13,7 +13,7 @@ import pytest
 
 from conftest import WORKBENCH, processes_using, run_workbench
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]  # processes and state files, not figures
 
 
 def test_up_status_down(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ def test_tampered_log_is_worse_and_names_the_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # a notebook over stored data: measures nothing
 def test_notebook_runs_and_shows_the_verdict(tmp_path: Path) -> None:
     log = _log(tmp_path)
     out = tmp_path / "audit.ipynb"

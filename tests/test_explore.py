@@ -62,6 +62,7 @@ def test_no_stored_run_says_what_to_do(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # a notebook over stored data: measures nothing
 def test_the_notebook_runs_headless_against_a_stored_run(tmp_path: Path) -> None:
     import papermill as pm
 

@@ -13,7 +13,7 @@ import pytest
 
 from workbench.suite.kernel import SuiteKernel
 
-pytestmark = pytest.mark.slow  # starts Jupyter kernels
+pytestmark = [pytest.mark.slow, pytest.mark.beside]  # starts Jupyter kernels; measures nothing
 
 
 def _notebook(path: Path, *sources: str) -> Path:

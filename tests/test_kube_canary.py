@@ -45,6 +45,7 @@ from workbench.experiments.session import PROGRESS_ENV, open_session
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.beside,  # fixed Prometheus data and the emulator: measures nothing
     pytest.mark.skipif(
         not (shutil.which("prometheus") and shutil.which("promtool")),
         reason="prometheus/promtool not installed",

@@ -28,6 +28,7 @@ from workbench.load.results import LoadProfile
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.beside,  # verdicts and objects, not figures: the emulator's data plane may be slow
     pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus not installed"),
 ]
 

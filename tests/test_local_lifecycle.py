@@ -42,6 +42,7 @@ def test_killing_a_sidecar_under_load_fails_fast_naming_it() -> None:
     assert processes_using(run_dir) == []
 
 
+@pytest.mark.beside  # statuses and errors, not figures
 def test_modes_without_client_sidecars_say_what_they_cannot_do() -> None:
     with LocalMesh(mode="serveronly", wait_for_metrics=False) as m:
         with pytest.raises(BackendError, match="need a client-side sidecar, and mode 'serveronly' has none"):
@@ -57,6 +58,7 @@ def test_modes_without_client_sidecars_say_what_they_cannot_do() -> None:
             m.set_policy(Policy(service="ratings", rules=[PolicyRule(sources=["reviews"])]))
 
 
+@pytest.mark.beside  # processes and ports, not figures
 def test_up_down_five_times_leaves_no_process_and_no_port() -> None:
     for _ in range(5):
         m = LocalMesh(mode="both", wait_for_metrics=False)

@@ -17,6 +17,7 @@ from workbench.backends.local.procs import free_ports
 
 pytestmark = [
     pytest.mark.slow,  # starts a Jupyter server
+    pytest.mark.beside,  # measures nothing
     pytest.mark.skipif(not (REPO / ".venv" / "bin" / "jupyter").exists(), reason="no .venv (make install)"),
     pytest.mark.skipif(shutil.which("make") is None, reason="make not installed"),
 ]

@@ -25,6 +25,7 @@ def test_stored_without_outputs_and_with_a_parameters_cell(path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # a notebook over stored data: measures nothing
 def test_overview_notebook_lists_the_suite(tmp_path: Path) -> None:
     suite = tmp_path / "suite.yaml"
     suite.write_text(

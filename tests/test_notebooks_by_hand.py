@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, processes_using, run_workbench
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]  # verdicts and processes, not figures
 
 
 def _run_all(tmp_path: Path, name: str) -> tuple[dict, Path]:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from suite_run import Run, mesh_processes, run_cli
+from suite_run import Reported, Run, mesh_processes
 from workbench.report import ci
 
 pytestmark = pytest.mark.slow
@@ -107,29 +107,13 @@ def test_quick_mesh_comparison_probes_its_rate_and_has_no_interval(quick_run: Ru
     assert all(c["verdict"] == "no interval" and c["ci"] == [None, None] for c in checks)
 
 
-def test_report_rerenders_from_stored_data_without_load(quick_run: Run) -> None:
-    before = {
-        n: quick_run.result(n)["verdict"]
-        for n in json.loads((quick_run.data / "run.json").read_text())["experiments"]
-    }
-    html = quick_run.reports / quick_run.run_id / "catalog-v2-ab.html"
-    html.unlink()
-    t0 = time.monotonic()
-    proc = run_cli(
-        "report",
-        quick_run.run_id,
-        "--reports",
-        str(quick_run.reports),
-        "--data",
-        str(quick_run.data.parent),
-        cwd=quick_run.root,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert html.exists()
-    after = {n: quick_run.result(n) for n in before}
-    assert {n: r["verdict"] for n, r in after.items()} == before
+def test_report_rerenders_from_stored_data_without_load(quick_run: Run, reported: Reported) -> None:
+    assert reported.proc.returncode == 0, reported.proc.stdout + reported.proc.stderr
+    assert reported.removed.exists()
+    after = {n: quick_run.result(n) for n in reported.verdicts_before}
+    assert {n: r["verdict"] for n, r in after.items()} == reported.verdicts_before
     assert all(r["replay"] for r in after.values())
-    print(f"workbench report: {time.monotonic() - t0:.0f} s")
+    print(f"workbench report (re-render, check, PDF): {reported.seconds:.0f} s")
 
 
 def test_the_run_leaves_no_process_behind(quick_run: Run) -> None:

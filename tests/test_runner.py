@@ -51,6 +51,7 @@ def test_invalid_input_exits_2_before_anything_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # a backend that is not there: measures nothing
 def test_unavailable_backend_marks_experiments_failed_with_the_reason(tmp_path: Path) -> None:
     cfg = _write(
         tmp_path,
@@ -70,6 +71,7 @@ def test_unavailable_backend_marks_experiments_failed_with_the_reason(tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # statuses and reports, not figures
 def test_a_failing_experiment_does_not_stop_the_others(tmp_path: Path) -> None:
     cfg = _write(
         tmp_path,
@@ -90,6 +92,7 @@ def test_a_failing_experiment_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # where traffic ends after a signal, not figures
 def test_ctrl_c_interrupts_the_running_experiment_and_traffic_returns_to_stable(tmp_path: Path) -> None:
     state = tmp_path / "mesh"
     up = run_workbench("local", "up", "--state-dir", str(state))
