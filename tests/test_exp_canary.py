@@ -214,7 +214,6 @@ open_session(config_file, experiment, run_dir, mesh_state=state).execute(canary)
 
 
 @pytest.mark.slow
-@pytest.mark.beside  # where traffic ends after a signal, not figures
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_mid_step_restores_stable(
     suite: Path, mesh_state: Path, tmp_path: Path, signum: signal.Signals

@@ -28,7 +28,6 @@ from workbench.load.results import LoadProfile
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.beside,  # verdicts and objects, not figures: the emulator's data plane may be slow
     pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus not installed"),
 ]
 
@@ -91,6 +90,7 @@ def _shorter(spec: Any) -> None:
         spec.steps = [spec.steps[0], spec.steps[-1]]
 
 
+@pytest.mark.beside  # verdicts and objects, not figures: the emulator's data plane may be slow
 @pytest.mark.parametrize("mesh", ["istio", "linkerd", "consul", "gateway-api"])
 def test_every_kind_of_the_default_suite_runs_or_is_refused(
     mesh: str, kube_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -170,6 +170,7 @@ def _policy(mesh: str) -> tuple[Any, str, str]:
     }[mesh]
 
 
+@pytest.mark.beside  # verdicts, objects and files, not figures
 def test_meshes_in_two_contexts_compare_by_trials_as_replicates(
     kube_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,6 +227,7 @@ def test_meshes_in_two_contexts_compare_by_trials_as_replicates(
     assert result.verdict == "measured" and set(mesh_compare.figures(result)) >= {"overhead", "percentiles"}
 
 
+@pytest.mark.beside  # verdicts, objects and files, not figures
 def test_no_credential_in_any_artifact_of_a_cluster_run(
     kube_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

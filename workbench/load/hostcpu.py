@@ -126,6 +126,7 @@ class CpuSampler:
         busy = np.interp([start, end], t, [r[1] for r in rows])
         total = np.interp([start, end], t, [r[2] for r in rows])
         host = 100.0 * (busy[1] - busy[0]) / (total[1] - total[0]) if total[1] > total[0] else math.nan
+        host = min(max(host, 0.0), 100.0) if math.isfinite(host) else host  # rounding: 100.00000000018 %
         names = {n for r in rows for n in r[3]}
         out = {}
         for name in sorted(names):
