@@ -159,14 +159,11 @@ def test_scenarios_make_what_they_say() -> None:
 
 
 @pytest.mark.heavy
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15's target is not met yet: on these 50 replays the median is 80 s of canary traffic "
-    "(goal <= 60 s); the per-window p99 of 250 canary requests is too noisy for a confidence sequence",
-)
 def test_time_to_roll_back_a_p99_regression() -> None:
+    """+20 % p99 at 5 % of 1000 rps: median <= 60 s of canary traffic over 50 replays (the per-window
+    p99 of 250 canary requests alone needed 80 s; the tail exceedances make it ~45 s)."""
     slow = cal.rollback_times(cal.rollback_anytime, n=50, effect=("scale_pct", 20.0), seed=100, seconds=180)
-    assert slow.median <= 60.0, sorted(slow.seconds)
+    assert slow.median <= 60.0 and slow.rolled_back.hits == 50, sorted(slow.seconds)
 
 
 @pytest.mark.heavy

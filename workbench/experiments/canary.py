@@ -314,7 +314,7 @@ class Looker:
         stable, canary = _arms(frames, self.plan)
         if isinstance(self.test, SequentialTest):
             return [self.test.look(stable, canary)]
-        wa, wb = window_tables(stable, canary, self.plan.window_s)
+        wa, wb = window_tables(stable, canary, self.plan.window_s, exceed=self.test.margin)
         made = self.test.look_each_window(wa, wb, after=self.after, final=final)
         if not made and force:
             made = [self.test.look_tables(wa, wb, final=final)]

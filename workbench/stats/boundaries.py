@@ -76,8 +76,11 @@ class Anytime:
         return max(n, 1) / max(self.optimise_at, 1.0) * (la + math.log(1.0 + la))
 
     def pvalue(self, t: float, df: float, n: int) -> float:
-        z = t / small_sample_factor(df)
-        return float(min(1.0, math.exp(-mixture_log_value(z, self.x(n)))))
+        return float(min(1.0, math.exp(-self.log_value(t, df, n))))
+
+    def log_value(self, t: float, df: float, n: int) -> float:
+        """log M: the mixture's e-value for t (its p-value is 1 / M, capped at 1)."""
+        return mixture_log_value(t / small_sample_factor(df), self.x(n))
 
     def critical(self, level: float, df: float, n: int) -> float:
         return mixture_boundary(self.x(n), level) * small_sample_factor(df)

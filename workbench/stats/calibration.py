@@ -308,7 +308,7 @@ def canary(
 
     def judge(a: pd.DataFrame, b: pd.DataFrame) -> bool:
         test = AnytimeTest(metrics=metrics, margin=margin or Margin(), alpha=alpha, window=window)
-        looks = test.look_each_window(*window_tables(a, b, window))
+        looks = test.look_each_window(*window_tables(a, b, window, exceed=test.margin))
         return bool(looks) and looks[-1].action == "rollback"
 
     return judge
@@ -417,7 +417,7 @@ def false_alarms(
     any_hits = canary_hits = 0
     for i in range(n):
         a, b = split(data(seed + i), seed=10_000 + seed + i)
-        wa, wb = window_tables(a, b, window)
+        wa, wb = window_tables(a, b, window, exceed=margin)  # the exceedance counts: for the canary's looks
         res = compare_tables(wa, wb, metrics, window, margin)
         for r in res:
             hits[r.metric] += r.verdict == "worse"
@@ -477,7 +477,7 @@ def rollback_anytime(
     """Seconds of canary traffic until our anytime-valid canary (a look after every window) rolls
     back; inf when it never does."""
     test = AnytimeTest(metrics=metrics, margin=margin or Margin(), window=window)
-    looks = test.look_each_window(*window_tables(a, b, window))
+    looks = test.look_each_window(*window_tables(a, b, window, exceed=test.margin))
     if not looks or looks[-1].action != "rollback" or looks[-1].window is None:
         return float("inf")
     return (looks[-1].window + 1) * window

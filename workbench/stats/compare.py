@@ -34,14 +34,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from workbench.stats import estimates as est
-from workbench.stats.boundaries import FixedSample, Rule
+from workbench.stats import exceedance
+from workbench.stats.boundaries import Anytime, FixedSample, Rule
 from workbench.stats.estimates import MIN_PER_WINDOW, MIN_WINDOWS, Estimate, Pair
 from workbench.stats.interval import ConfidenceInterval
 from workbench.stats.multiple import holm, holm_levels
-from workbench.stats.windows import QUANTILE_METRICS, WindowInput, start_of, window_table
+from workbench.stats.windows import QUANTILE_METRICS, WindowInput, as_samples, start_of, window_table
 from workbench.units import parse_duration
 
 __all__ = [
@@ -194,11 +196,24 @@ def check_arguments(metrics: Sequence[str], alpha: float) -> None:
         raise ValueError(f"alpha must be between 0 and 0.5 (got {alpha})")
 
 
-def window_tables(a: WindowInput, b: WindowInput, window_s: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both arms' window tables, aligned to one origin (the earlier arm's first timestamp)."""
+def window_tables(
+    a: WindowInput, b: WindowInput, window_s: float, exceed: Margin | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both arms' window tables, aligned to one origin (the earlier arm's first timestamp).
+
+    ``exceed``: also count, per window and tail metric, the candidate's requests above the
+    baseline's quantile + this margin (``exceedance.py``; columns added to b's table) — when both
+    arms come as per-request samples; a canary's anytime looks use them to roll back sooner."""
     starts = [t for t in (start_of(a), start_of(b)) if t is not None]
     origin = min(starts) if starts else pd.Timestamp(0, tz="UTC")
-    return window_table(a, window_s, origin), window_table(b, window_s, origin)
+    wa, wb = window_table(a, window_s, origin), window_table(b, window_s, origin)
+    sa, sb = as_samples(a), as_samples(b)
+    if exceed is not None and sa is not None and sb is not None and len(wb):
+        extra = exceedance.table_columns(
+            sa, sb, window_s, origin, wb.index, exceed.latency_ms, exceed.latency_pct
+        )
+        wb = pd.concat([wb, extra], axis=1)
+    return wa, wb
 
 
 def compare_tables(
@@ -229,27 +244,53 @@ def judge_pair(
     no_data: NoData,
     rule: Rule,
     windows: dict[str, pd.DataFrame] | None = None,
+    evidence: dict[str, Evidence] | None = None,
 ) -> Comparison:
     """The comparison of aligned windows (``estimates.Pair``) under ``rule``: fixed sample, or one
-    look of a confidence sequence."""
+    look of a confidence sequence (``evidence``: further e-values of "worse" per metric, averaged
+    with the confidence sequence's own; see ``decide``)."""
     margin = margin or Margin()
     is_paired = pair.concurrent if paired == "auto" else bool(paired)
     found = {
         m: est.error_rate(pair, is_paired) if m == "error_rate" else est.latency(m, pair, is_paired)
         for m in metrics
     }
-    results = decide(found, margin, alpha, rule, no_data)
+    results = decide(found, margin, alpha, rule, no_data, evidence)
     return Comparison(results, is_paired, window_s, alpha, windows or {})
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """A second anytime-valid test of a metric's "worse": its log e-value and how to say it."""
+
+    log_evalue: float
+    note: str
+
+
+def _pvalue(e: Estimate, margin: float, rule: Rule, extra: Evidence | None) -> float:
+    """The metric's one-sided p-value of "worse than +margin". With ``extra`` (confidence sequences
+    only): 1 / the average of the two e-values, (M + E) / 2 — an average of e-values is an e-value,
+    so Ville's inequality still bounds the chance of ever passing 1 / level by level."""
+    if extra is None or not isinstance(rule, Anytime) or not e.ok:
+        return e.pvalue(margin, rule)
+    log_mean = float(np.logaddexp(e.log_evalue(margin, rule), extra.log_evalue)) - math.log(2.0)
+    return 1.0 if log_mean <= 0 else math.exp(-log_mean)
+
+
 def decide(
-    found: dict[str, Estimate], margin: Margin, alpha: float, rule: Rule, no_data: NoData
+    found: dict[str, Estimate],
+    margin: Margin,
+    alpha: float,
+    rule: Rule,
+    no_data: NoData,
+    evidence: dict[str, Evidence] | None = None,
 ) -> dict[str, MetricResult]:
     """Holm's step-down on the one-sided tests of "worse than +margin", then each metric's interval
     at the level it was decided at and its verdict (see the module docstring)."""
+    evidence = evidence or {}
     margins = {m: margin.of(m, e.baseline) for m, e in found.items()}
     tested = [m for m, e in found.items() if e.ok]
-    p = {m: found[m].pvalue(margins[m], rule) for m in tested}
+    p = {m: _pvalue(found[m], margins[m], rule, evidence.get(m)) for m in tested}
     rejected, levels = holm_levels([p[m] for m in tested], alpha) if tested else ([], [])
     adjusted = holm([p[m] for m in tested]) if tested else []
     out: dict[str, MetricResult] = {}
@@ -267,6 +308,8 @@ def decide(
         how = f"{e.method}; {rule.name}, Holm step-down decided at one-sided {level:.3g}"
         if e.floor_decides(level, rule):
             how += "; the per-request score interval decides (few errors)"
+        if m in evidence and isinstance(rule, Anytime):
+            how += f"; averaged with {evidence[m].note}"
         out[m] = MetricResult(m, e.estimate, ci, p[m], verdict, how, e.n_windows, e.baseline, e.candidate,
                               margins[m], 1 - 2 * level, float(adjusted[i]), e.unit)  # fmt: skip
     return out

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from workbench.stats.boundaries import Rule
+from workbench.stats.boundaries import Anytime, Rule
 from workbench.stats.interval import ConfidenceInterval
 
 MIN_PER_WINDOW = {"p50": 5, "p75": 8, "p90": 20, "p95": 40, "p99": 100, "p999": 1000, "mean": 5}
@@ -116,6 +116,17 @@ class Estimate:
             p = max(p, rule.pvalue(z, math.inf, self.n_windows) if z > 0 else 1.0)
         return float(p)
 
+    def log_evalue(self, value: float, rule: Anytime) -> float:
+        """log of the confidence sequence's e-value against H0 "difference <= value" (``pvalue``'s
+        1 / p, uncapped; with a floor, the smaller of the windows' and the per-request score's)."""
+        if self.se > 0:
+            log_e = rule.log_value((self.estimate - value) / self.se, self.df, self.n_windows)
+        else:
+            log_e = math.inf if self.estimate > value else -math.inf
+        if self.floor is not None:
+            log_e = min(log_e, rule.log_value(self.floor.z_for(value / self.scale), math.inf, self.n_windows))
+        return log_e
+
     def interval(self, level: float, rule: Rule) -> ConfidenceInterval:
         """Each end a one-sided bound at ``level`` (together: two-sided 1 - 2 level)."""
         half = rule.critical(level, self.df, self.n_windows) * self.se if self.se > 0 else 0.0
@@ -188,7 +199,11 @@ class Pair:
             out["errors"] = np.nan_to_num(out["errors"])
             return out
 
-        return cls(union.to_numpy(), aligned(wa), aligned(wb))
+        b = aligned(wb)
+        for c in wb.columns:  # the exceedance counts the candidate's table may carry (exceedance.py)
+            if str(c).startswith("exceed_"):
+                b[str(c)] = np.nan_to_num(wb[c].reindex(union).to_numpy(dtype=float))
+        return cls(union.to_numpy(), aligned(wa), b)
 
     def upto(self, k: int) -> Pair:
         """The first ``k`` windows."""

@@ -35,9 +35,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from workbench.stats import estimates as est
+from workbench.stats import exceedance
 from workbench.stats.boundaries import Anytime
 from workbench.stats.compare import (
     Comparison,
+    Evidence,
     Margin,
     NoData,
     check_arguments,
@@ -107,10 +110,12 @@ class AnytimeTest:
 
     def look(self, baseline: WindowInput, candidate: WindowInput, final: bool = False) -> Decision:
         """Judge everything collected so far (both arms, cumulative)."""
-        return self.look_tables(*window_tables(baseline, candidate, self.window_s), final=final)
+        tables = window_tables(baseline, candidate, self.window_s, exceed=self.margin)
+        return self.look_tables(*tables, final=final)
 
     def look_tables(self, wa: pd.DataFrame, wb: pd.DataFrame, final: bool = False) -> Decision:
-        """``look`` on ready window tables (``compare.window_tables``)."""
+        """``look`` on ready window tables (``compare.window_tables``; made with ``exceed=`` this
+        test's margin, the tail metrics' exceedance evidence joins their confidence sequences)."""
         return self._look(Pair.of(wa, wb, self.metrics), final, {"a": wa, "b": wb})
 
     def look_each_window(
@@ -132,8 +137,9 @@ class AnytimeTest:
         return made
 
     def _look(self, pair: Pair, final: bool, windows: dict[str, pd.DataFrame] | None) -> Decision:
+        evidence = tail_evidence(pair, self.metrics, self.rule)
         comparison = judge_pair(pair, self.metrics, self.window_s, self.margin, self.alpha, "auto",
-                                self.no_data, self.rule, windows)  # fmt: skip
+                                self.no_data, self.rule, windows, evidence)  # fmt: skip
         action, reasons = _act(comparison, final)
         last = int(pair.window[-1]) if len(pair.window) else None
         spent = 0.0 if self.decisions else self.alpha
@@ -142,6 +148,32 @@ class AnytimeTest:
         )
         self.decisions.append(decision)
         return decision
+
+
+def tail_evidence(pair: Pair, metrics: Sequence[str], rule: Anytime) -> dict[str, Evidence]:
+    """For each tail metric whose exceedance counts the candidate's windows carry (``exceedance.py``),
+    the confidence sequence's e-value of "the candidate's share above the window's quantile (+ margin)
+    exceeds the baseline's share above it", over the windows of ``pair``. Only for concurrent arms."""
+    out: dict[str, Evidence] = {}
+    if not pair.concurrent:
+        return out
+    for m in metrics:
+        if m not in exceedance.TAIL_METRICS or not exceedance.has_columns(pair.b, m):
+            continue
+        shares = Pair(
+            pair.window,
+            {"count": pair.a["count"], "errors": pair.b[exceedance.column(m, "a")]},
+            {"count": pair.b["count"], "errors": pair.b[exceedance.column(m, "b")]},
+        )
+        e = est.error_rate(shares, paired=True)
+        if not e.ok:
+            continue
+        note = (
+            f"the tail-exceedance test ({e.candidate:.2f} % of the candidate's requests above each window's "
+            f"{m} + margin vs {e.baseline:.2f} % of the baseline's above it, {e.n_windows} windows)"
+        )
+        out[m] = Evidence(e.log_evalue(0.0, rule), note)
+    return out
 
 
 @dataclass
