@@ -42,7 +42,7 @@ from workbench.units import (
     Weight,
 )
 
-Mode = Literal["none", "serveronly", "both", "both-mtls"]
+Mode = Literal["none", "serveronly", "both", "both-mtls", "ambient", "ambient-waypoint"]
 Metric = Literal["p50", "p75", "p90", "p95", "p99", "p999", "mean", "error_rate"]
 NoData = Literal["fail", "pass", "inconclusive"]
 LoadModel = Literal["open", "closed"]
@@ -66,12 +66,14 @@ class LocalSettings(Strict):
     mode: Mode = "both"
     topology: str | None = Field(default=None, description="YAML file replacing the demo topology")
     tracing: Tracing | None = Tracing()  # null: no tracer, no receiver (apps still propagate context)
+    # mode ambient-waypoint: a waypoint per service, or one for the namespace (all services)
+    waypoint: Literal["service", "namespace"] = "service"
 
     def mesh_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``LocalMesh`` for these settings (mode, topology, tracing)."""
+        """Keyword arguments of ``LocalMesh`` for these settings (mode, topology, tracing, waypoint)."""
         t = self.tracing
         return {"mode": self.mode, "topology": self.topology, "tracing": t.sampling if t else None,
-                "tracer": t.tracer if t else "opentelemetry"}  # fmt: skip
+                "tracer": t.tracer if t else "opentelemetry", "waypoint": self.waypoint}  # fmt: skip
 
 
 class TraceStore(Strict):
