@@ -257,3 +257,43 @@ def test_local_settings_take_the_waypoint_scope() -> None:
     assert loads(text).backend.mesh_options()["waypoint"] == "namespace"
     with pytest.raises(ConfigError, match="waypoint"):
         loads(EXPERIMENTS.replace("mode: ambient}", "mode: ambient, waypoint: node}"))
+
+
+def test_components_table_sets_node_proxies_beside_istios_ztunnel() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from workbench.analysis import proxycost
+    from workbench.experiments.mesh_compare import component_sentence, components
+
+    cores = {"envoy node-1-node-proxy": 0.05, "envoy node-2-node-proxy": 0.03}
+    rss = {"envoy node-1-node-proxy": 30.0, "envoy node-2-node-proxy": 28.0}
+    trials = [
+        point_cost(proxycost._empty(), 3000, 10.0, cores, rss, node_proxy_per_request=10).assign(
+            mode="ambient", connections=16, repetition=i, saturated=False, critical_p50_ms=np.nan,
+            critical_traversals=np.nan,
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    summary = proxycost.over_trials(pd.concat(trials, ignore_index=True))
+    assert list(summary["role"]) == ["node proxy"] and "logs tunnels" in summary["own_p50_note"].iloc[0]
+    row = components(summary).iloc[0]
+    # 0.08 cores over 300 rps x 10 node-proxy traversals per request = 3000 traversals/s
+    assert row["vcpu_per_1000_rps"] == pytest.approx(0.08 / 3.0) and row["istio_vcpu_per_1000_rps"] == 0.06
+    assert row["cpu_ratio"] == pytest.approx(0.08 / 3.0 / 0.06) and row["memory_ratio"] == pytest.approx(
+        29 / 12
+    )
+    assert row["source"].startswith("https://istio.io/") and row["per_request"] == 10
+    assert "node proxy 0.03 vCPU, 29 MiB (Istio's ztunnel: 0.06 vCPU, 12 MB)" in component_sentence(
+        components(summary)
+    )
+
+
+def test_optional_experiments_run_only_when_named(tmp_path: Path) -> None:
+    from workbench.config import load
+
+    cfg = load(Path(__file__).resolve().parents[1] / "experiments.yaml")
+    ambient = cfg.get("ambient-overhead")
+    assert ambient.optional and ambient.modes == ["none", "both-mtls", "ambient", "ambient-waypoint"]
+    assert "ambient-overhead" not in [e.name for e in cfg.select()]
+    assert [e.name for e in cfg.select(["ambient-overhead"])] == ["ambient-overhead"]

@@ -57,11 +57,13 @@ def test_modes_without_client_sidecars_say_what_they_cannot_do() -> None:
             m.set_policy(Policy(service="ratings", rules=[PolicyRule(sources=["reviews"])]))
 
 
-def test_up_down_ten_times_leaves_no_process_and_no_port() -> None:
-    for _ in range(10):
-        m = LocalMesh(mode="both", wait_for_metrics=False)
+@pytest.mark.parametrize("modes", [("both",), ("ambient", "ambient-waypoint")])
+def test_up_down_ten_times_leaves_no_process_and_no_port(modes: tuple[str, ...]) -> None:
+    for i in range(10):
+        m = LocalMesh(mode=modes[i % len(modes)], wait_for_metrics=False)  # type: ignore[arg-type]
         m.start()
         ports = [sc.listen_port for sc in m.layout.sidecars] + [sc.admin_port for sc in m.layout.sidecars]
+        ports += [p for sc in m.layout.sidecars for p in sc.ports.values()]  # node proxies' capture ports
         ports += [a.port for vs in m.layout.apps.values() for a in vs.values()] + [m.layout.prometheus_port]
         run_dir = m.run_dir
         m.stop()

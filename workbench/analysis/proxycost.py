@@ -462,7 +462,9 @@ def over_trials(
                                "saturated_trials": int(g["saturated"].sum()), "own_p50_us": math.nan,
                                "own_p50_ci_low": math.nan, "own_p50_ci_high": math.nan,
                                "own_p50_note": ""}  # fmt: skip
-        if len(ok):
+        if row["role"] == NODE_PROXY:
+            row["own_p50_note"] = "no own time per request: a node proxy logs tunnels (L4)"
+        elif len(ok):
             res = per_traversal(ok, str(row["role"]), 1 - alpha)
             note = (
                 res.note

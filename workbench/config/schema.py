@@ -179,6 +179,8 @@ class Expectation(Strict):
 class _Experiment(Strict):
     name: Name
     description: str = ""
+    # true: left out of a run unless named with --only (a long study kept out of the default suite)
+    optional: bool = False
     alpha: Annotated[float, Field(gt=0, lt=0.5)] | None = None
     window: PositiveDuration | None = None
     warmup: Duration | None = None
@@ -507,8 +509,8 @@ class Config(Strict):
         return self
 
     def select(self, only: Iterable[str] = ()) -> list[Any]:
-        """The experiments named in ``only`` (all when empty), in file order; ValueError names the
-        unknown ones and the names there are (``workbench run --only``)."""
+        """The experiments named in ``only`` (when empty: all but the ``optional`` ones), in file
+        order; ValueError names the unknown ones and the names there are (``workbench run --only``)."""
         only = list(only)
         names = [e.name for e in self.experiments]
         unknown = [n for n in only if n not in names]
@@ -516,7 +518,7 @@ class Config(Strict):
             raise ValueError(
                 f"--only: no experiment named {', '.join(unknown)}; there are: {', '.join(names)}"
             )
-        return [e for e in self.experiments if not only or e.name in only]
+        return [e for e in self.experiments if e.name in only or (not only and not e.optional)]
 
     def get(self, name: str) -> Any:
         """The experiment called ``name``; KeyError lists the names there are."""
