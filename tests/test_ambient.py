@@ -297,3 +297,42 @@ def test_optional_experiments_run_only_when_named(tmp_path: Path) -> None:
     assert ambient.optional and ambient.modes == ["none", "both-mtls", "ambient", "ambient-waypoint"]
     assert "ambient-overhead" not in [e.name for e in cfg.select()]
     assert [e.name for e in cfg.select(["ambient-overhead"])] == ["ambient-overhead"]
+
+
+def test_topology_blueprint_draws_node_proxies_and_waypoints(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from workbench.analysis.topology import ServiceGraph
+    from workbench.experiments.topology import data_plane
+
+    rows = pd.DataFrame(
+        {
+            "source": ["loadgen", "frontend", "catalog"],
+            "destination": ["frontend", "catalog", "pricing"],
+            "version": ["v1", "v2", "v1"],
+            "requests": [100, 100, 100],
+            "errors": [0, 1, 0],
+            "p50_ms": [5.0, 3.0, 1.0],
+            "p99_ms": [9.0, 6.0, 2.0],
+        }
+    )
+    layout = plan(load_topology(), "ambient-waypoint", tmp_path)
+    proxies = data_plane(layout)
+    assert {
+        "name": "node-2-node-proxy",
+        "role": "node proxy",
+        "serves": ["catalog", "reviews"],
+        "node": "node-2",
+    } in proxies
+    graph = ServiceGraph.from_edges(rows, 10.0, "test").with_data_plane(proxies)
+    fig = graph.figure()
+    legend = {t.name: t for t in fig.data if t.name}
+    nodes, waypoints = legend["node proxies (L4: mTLS tunnels)"], legend["waypoints (L7 policy)"]
+    assert list(nodes.text) == ["node-1", "node-2"] and nodes.marker.symbol == "square"
+    assert "catalog" in list(waypoints.text) and waypoints.marker.symbol == "diamond"
+    assert "node-1-node-proxy" in nodes.hovertext[0] and "frontend, pricing, ratings" in nodes.hovertext[0]
+    mermaid = graph.to_mermaid()
+    assert "node_1_node_proxy" in mermaid.replace("-", "_") and "-.-" in mermaid and "waypoint" in mermaid
+    assert "box3d" in graph.to_dot() and "diamond" in graph.to_dot()
+    again = ServiceGraph.from_json(json.loads(graph.dumps()))
+    assert [p.role for p in again.proxies] == [p.role for p in graph.proxies] and len(again.proxies) == 7
