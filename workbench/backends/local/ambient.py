@@ -23,7 +23,8 @@ Built the way Istio's first ambient data plane was built from Envoy:
   failing service) passes one more internal HTTP hop after the router, only while it is set.
 
 Route files (``rds``; a waypoint's server hop ``srds``) and a waypoint's clusters (``cds``) change
-live like a sidecar's; everything else is static.
+live like a sidecar's; everything else is static. Node proxies and waypoints run no tracer (the
+apps' own spans still cover their calls, as in mode ``none``).
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ def _tunnel_listener(
     }
     if log:
         proxy["access_log"] = log
+        # a tunnel lives as long as the caller keeps its connection: log it once it is up, too
+        proxy["access_log_options"] = {"flush_access_log_on_connected": True}
     filters = [{"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}]
     where = {"address": ev._addr(port)} if port is not None else {"internal_listener": {}}
     return {"name": name, **where, "filter_chains": [{"filters": filters}]}
@@ -219,6 +222,8 @@ def _connect_hcm(
         ],
         **routes,
         "access_log": log,
+        # a CONNECT stream lives as long as its tunnel: log it once it is established, too
+        **({"access_log_options": {"flush_log_on_tunnel_successfully_established": True}} if log else {}),
     }
 
 
@@ -376,7 +381,6 @@ def _waypoint_bootstrap(sc: ev.Sidecar, view: ev.MeshView, layout: Layout) -> di
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ev.ROUTER}},
         ],
         "generate_request_id": True,
-        **({"tracing": ev.tracing_provider(sc, view.tracing)} if view.tracing is not None else {}),
         "access_log": _access_log(sc, peer=f"%FILTER_STATE({PEER_KEY}:PLAIN)%"),
     }
     server: dict[str, Any] = {
@@ -410,9 +414,6 @@ def _waypoint_bootstrap(sc: ev.Sidecar, view: ev.MeshView, layout: Layout) -> di
             {"match": {"safe_regex": {"regex": ".*rq_time$"}}, "buckets": ev.RQ_TIME_BUCKETS_MS}
         ]
     }
-    if view.tracing is not None:
-        boot["static_resources"]["clusters"].append(ev._static_cluster(ev.TRACES_CLUSTER, view.tracing.port))
-        boot["layered_runtime"] = ev.tracing_runtime(view.tracing)
     return boot
 
 

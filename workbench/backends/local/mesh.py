@@ -464,6 +464,8 @@ class LocalMesh:
     def _apply_sampling(self, percent: float) -> None:
         layout = self._layout()
         for sc in layout.sidecars:  # Envoy reads this runtime value as a whole percentage
+            if sc.direction not in ("inbound", "outbound"):  # node proxies and waypoints do not trace
+                continue
             url = f"http://127.0.0.1:{sc.admin_port}/runtime_modify"
             resp = requests.post(url, params={"tracing.random_sampling": str(round(percent))}, timeout=5)
             if resp.status_code != 200:
