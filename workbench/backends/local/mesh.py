@@ -882,6 +882,8 @@ class LocalMesh:
             }
             if sc.node:
                 labels["node"] = sc.node
+            if sc.direction == "waypoint":  # its clusters' calls come from many callers, not from it
+                labels.update(service="", waypoint_for=sc.service or "namespace")
             targets.append(prom.ScrapeTarget("envoy", sc.admin_port, labels, "/stats/prometheus"))
         return targets
 
