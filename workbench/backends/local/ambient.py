@@ -139,39 +139,10 @@ def _hbone_cluster(name: str, port: int, files: CertFiles, server_identity: str)
     return cluster
 
 
-def _tcp_cluster(name: str, port: int) -> dict[str, Any]:
-    """A plain TCP cluster (a pod's port): what a terminated tunnel is handed to."""
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": ev._addr(port)}}]}],
-        },
-    }
-
-
 def _internal_cluster(name: str, listener: str, http: bool, share_state: bool = False) -> dict[str, Any]:
     """A cluster whose one endpoint is an internal listener of the same Envoy."""
     address = {"envoy_internal_address": {"server_listener_name": listener}}
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
-        },
-    }
-    if http:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": ev.HTTP_OPTS,
-                "explicit_http_config": {"http_protocol_options": {}},
-                "common_http_protocol_options": {"idle_timeout": "300s"},
-            }
-        }
+    cluster = ev._static_cluster(name, address=address, http=http)
     if share_state:  # the HBONE side's filter state (the caller's identity) reaches the internal listener
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.internal_upstream",
@@ -290,7 +261,7 @@ def _node_bootstrap(sc: ev.Sidecar, view: ev.MeshView, layout: Layout) -> dict[s
         )
         for version, app in layout.apps[service].items():
             name = f"pod|{service}|{version}"
-            clusters[name] = _tcp_cluster(name, app.port)
+            clusters[name] = ev._static_cluster(name, app.port, http=False)
     listeners.append(
         {
             "name": HBONE,
@@ -371,27 +342,9 @@ def _waypoint_bootstrap(sc: ev.Sidecar, view: ev.MeshView, layout: Layout) -> di
             }
         ],
     }
-    l7: dict[str, Any] = {
-        "@type": ev.HCM,
-        "stat_prefix": WAYPOINT,
-        **_rds(WAYPOINT, str(sc.path("rds"))),
-        "http_filters": [
-            {"name": "envoy.filters.http.rbac", "typed_config": {"@type": ev.RBAC}},
-            {"name": "envoy.filters.http.fault", "typed_config": {"@type": ev.FAULT}},
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ev.ROUTER}},
-        ],
-        "generate_request_id": True,
-        "access_log": _access_log(sc, peer=f"%FILTER_STATE({PEER_KEY}:PLAIN)%"),
-    }
-    server: dict[str, Any] = {
-        "@type": ev.HCM,
-        "stat_prefix": SERVER,
-        **_rds(SERVER, str(sc.path("srds"))),
-        "http_filters": [
-            {"name": "envoy.filters.http.fault", "typed_config": {"@type": ev.FAULT}},
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ev.ROUTER}},
-        ],
-    }
+    l7 = _http_hcm(WAYPOINT, str(sc.path("rds")), ("rbac", "fault", "router"))
+    l7.update(generate_request_id=True, access_log=_access_log(sc, peer=f"%FILTER_STATE({PEER_KEY}:PLAIN)%"))
+    server = _http_hcm(SERVER, str(sc.path("srds")), ("fault", "router"))
     listeners = [hbone, _internal_hcm("waypoint_inner", l7), _internal_hcm(SERVER, server)]
     clusters = [_internal_cluster("waypoint_inner", "waypoint_inner", http=False, share_state=True)]
     for service in sc.callees:
@@ -415,6 +368,19 @@ def _waypoint_bootstrap(sc: ev.Sidecar, view: ev.MeshView, layout: Layout) -> di
         ]
     }
     return boot
+
+
+def _http_hcm(name: str, route_file: str, filters: tuple[str, ...]) -> dict[str, Any]:
+    """An HTTP connection manager named ``name`` (stats, RDS) with routes from ``route_file``."""
+    types = {"rbac": ev.RBAC, "fault": ev.FAULT, "router": ev.ROUTER}
+    return {
+        "@type": ev.HCM,
+        "stat_prefix": name,
+        **_rds(name, route_file),
+        "http_filters": [
+            {"name": f"envoy.filters.http.{f}", "typed_config": {"@type": types[f]}} for f in filters
+        ],
+    }
 
 
 def _internal_hcm(name: str, hcm: dict[str, Any]) -> dict[str, Any]:

@@ -516,23 +516,29 @@ def _apply_breaker(cluster: dict[str, Any], b: CircuitBreaker | None) -> None:
         }
 
 
-def _static_cluster(name: str, port: int) -> dict[str, Any]:
-    return {
+def _static_cluster(
+    name: str, port: int = 0, address: dict[str, Any] | None = None, http: bool = True
+) -> dict[str, Any]:
+    """One endpoint (127.0.0.1:``port``, or ``address``, e.g. an internal listener), HTTP/1.1 unless
+    ``http`` is false (a plain TCP upstream)."""
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address or _addr(port)}}]}],
         },
-        "typed_extension_protocol_options": {
+    }
+    if http:
+        cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "common_http_protocol_options": {"idle_timeout": "300s"},
             }
-        },
-    }
+        }
+    return cluster
 
 
 def _tls_common(files: CertFiles, allowed_sans: list[str] | None) -> dict[str, Any]:
