@@ -165,6 +165,12 @@ def test_waypoints_apply_l7_policy_and_validate(tmp_path: Path) -> None:
     assert "typed_per_filter_config" not in pricing["rds"]["resources"][0]["virtual_hosts"][0]["routes"][0]
     to_pod = ratings["cds"]["resources"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert to_pod["address"]["envoy_internal_address"]["server_listener_name"] == "originate|ratings|v1"
+    # a finished tunnel's connection is never handed to the next caller (it would carry its identity)
+    statics = {c["name"]: c for c in ratings["bootstrap"]["static_resources"]["clusters"]}
+    options = statics["waypoint_inner"]["typed_extension_protocol_options"]
+    assert options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
+        "common_http_protocol_options"
+    ] == {"max_requests_per_connection": 1}
     one = _rendered(tmp_path / "ns", "ambient-waypoint", waypoint="namespace")[1]
     validate(mesh._envoy, one, tmp_path / "validate")
     assert len(one["default-waypoint"]["rds"]["resources"][0]["virtual_hosts"]) == 5

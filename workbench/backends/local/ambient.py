@@ -154,6 +154,22 @@ def _internal_cluster(name: str, listener: str, http: bool, share_state: bool = 
                 },
             },
         }
+    if share_state:
+        _one_stream_per_connection(cluster)
+    return cluster
+
+
+def _one_stream_per_connection(cluster: dict[str, Any]) -> dict[str, Any]:
+    """Never hand a finished tunnel's upstream connection to the next tunnel: Envoy's TCP pool would
+    reuse it, splicing another caller's stream (and, into the waypoint's L7 side, its identity)
+    onto it. As ztunnel, every tunnel gets a connection of its own."""
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": ev.HTTP_OPTS,
+            "explicit_http_config": {"http_protocol_options": {}},
+            "common_http_protocol_options": {"max_requests_per_connection": 1},
+        }
+    }
     return cluster
 
 
@@ -261,7 +277,7 @@ def _node_bootstrap(sc: ev.Sidecar, view: ev.MeshView, layout: Layout) -> dict[s
         )
         for version, app in layout.apps[service].items():
             name = f"pod|{service}|{version}"
-            clusters[name] = ev._static_cluster(name, app.port, http=False)
+            clusters[name] = _one_stream_per_connection(ev._static_cluster(name, app.port, http=False))
     listeners.append(
         {
             "name": HBONE,
