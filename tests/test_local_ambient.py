@@ -135,12 +135,13 @@ def test_waypoint_path_is_node_proxy_waypoint_node_proxy_app(waypoint: LocalMesh
 def test_waypoint_split_90_10_within_binomial_interval(waypoint: LocalMesh) -> None:
     waypoint.set_split("catalog", {"v1": 90, "v2": 10})
     try:
-        res = waypoint.run_load("catalog", LoadProfile(rps=400, connections=8, duration_s=4, warmup_s=1))
+        # the chain has 8 Envoy traversals here (2 waypoints, 4 node proxy passes): 200 rps is unsaturated
+        res = waypoint.run_load("catalog", LoadProfile(rps=200, connections=8, duration_s=6, warmup_s=1))
     finally:
         waypoint.set_split("catalog", {"v1": 100})
     counts = Counter(res.samples["variant"])
     n = counts["v1"] + counts["v2"]
-    assert n >= 1400 and set(counts) == {"v1", "v2"}
+    assert n >= 1100 and set(counts) == {"v1", "v2"}
     assert _inside(counts["v2"], n, 0.10), counts
     assert (res.samples["status"] == 200).all()
     assert (
@@ -176,11 +177,11 @@ def test_waypoint_header_and_cookie_routes(waypoint: LocalMesh) -> None:
 def test_waypoint_fault_abort_percentage_within_binomial_interval(waypoint: LocalMesh) -> None:
     waypoint.set_fault("pricing", Fault(abort=503, percent=25))
     try:
-        res = waypoint.run_load("pricing", LoadProfile(rps=400, connections=8, duration_s=4, warmup_s=1))
+        res = waypoint.run_load("pricing", LoadProfile(rps=300, connections=8, duration_s=5, warmup_s=1))
     finally:
         waypoint.set_fault("pricing", None)
     n, aborted = len(res.samples), int((res.samples["status"] == 503).sum())
-    assert n >= 1200 and _inside(aborted, n, 0.25), (aborted, n)
+    assert n >= 1400 and _inside(aborted, n, 0.25), (aborted, n)
     assert set(res.samples["status"]) == {200, 503}
 
 

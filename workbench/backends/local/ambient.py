@@ -331,8 +331,10 @@ def _waypoint_bootstrap(sc: ev.Sidecar, view: ev.MeshView, layout: Layout) -> di
             "@type": SET_FILTER_STATE,
             "on_request_headers": [
                 {
+                    # hashable: Envoy keys its upstream connection pools by it, so a new connection to
+                    # the L7 side never inherits another caller's identity from a shared pool
                     "object_key": PEER_KEY,
-                    "factory_key": "envoy.string",
+                    "factory_key": "envoy.hashable_string",
                     "format_string": {"text_format_source": {"inline_string": "%DOWNSTREAM_PEER_URI_SAN%"}},
                     "shared_with_upstream": "ONCE",
                 }
