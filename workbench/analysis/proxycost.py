@@ -505,7 +505,7 @@ def sentence(group: pd.DataFrame, where: str, replicate: str = "trial") -> str:
     top = overall(group)
     if top is None:
         return ""
-    roles = group[group["role"] != ALL]
+    roles = group[(group["role"] != ALL) & np.isfinite(group["own_p50_us"].astype(float))]  # not node proxies
     parts = (
         ", ".join(f"{r['role']} {r['own_p50_us']:.0f} µs" for _, r in roles.iterrows())
         if len(roles) > 1
