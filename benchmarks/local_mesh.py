@@ -4,7 +4,10 @@
 
 Load goes to the leaf service ``pricing`` (one hop, as istio/tools measures): none = k6 -> app;
 serveronly = k6 -> inbound sidecar -> app; both(-mtls) = k6 -> client sidecar -> inbound sidecar
--> app. For every mode, alternating (W H W H ...) so drift of this shared machine hits both alike:
+-> app; ambient = k6 -> node proxy (capture) -> node proxy (HBONE) -> app (the load generator and
+pricing share node-1, so one node proxy process is both ends); ambient-waypoint = k6 -> node proxy
+-> pricing's waypoint -> node proxy -> app. For every mode, alternating (W H W H ...) so drift of
+this shared machine hits both alike:
 
 - **W**: the workbench as a comparison runs it: ``LocalMesh`` (the whole demo app, without the
   workbench's own telemetry) and ``run_load``;
@@ -17,6 +20,12 @@ point at 1000 rps x 16 connections: its p50, and the sidecars' own time per trav
 access logs (``analysis.proxycost``, the same reader for both). Figures are medians of the
 repetitions; the printed ratios are what to read (must hold: capacity W/H >= 0.9 for both and
 both-mtls, p50 within 5 %, own time per traversal within +-20 %).
+
+Per component, the workbench's point at 1000 rps x 16 also gives each proxy process's CPU per 1000
+rps through it (its CPU over the measured phase / the achieved rate) — sidecar (the mean of the
+client's and the server's), node proxy, waypoint — and its ratio to Istio's published figure for
+that component (``mesh_features.yaml``: sidecar 0.20, ztunnel 0.06, waypoint 0.25 vCPU per 1000 rps
+with 1 KB payloads, Istio 1.24). A node proxy that is both ends of the hop counts the request once.
 """
 
 from __future__ import annotations
@@ -49,7 +58,8 @@ from workbench.load.results import LoadProfile, error_mask
 from workbench.tools import find_binary
 
 SERVICE = "pricing"
-MODES = ("none", "serveronly", "both", "both-mtls")
+MODES = ("none", "serveronly", "both", "both-mtls", "ambient", "ambient-waypoint")
+COMPONENT_OF = {"outbound": "sidecar", "inbound": "sidecar", "node": "ztunnel", "waypoint": "waypoint"}
 CAPACITY_CONNECTIONS = 64
 START_RPS = 1000.0
 
@@ -63,6 +73,7 @@ class Point:
     dropped_pct: float
     errors_pct: float
     own_p50_us: float = float("nan")  # the sidecars' own time per traversal (access logs)
+    vcpu: dict[str, float] | None = None  # Istio component -> vCPU per 1000 rps through one proxy
 
 
 def _ok(p: Point, slo_ms: float) -> Step:
@@ -94,8 +105,22 @@ def _workbench_point(
     start, end = proxycost.measured_window(res)
     own = _own(tail, start, end) if conns == 16 else float("nan")
     return Point(
-        rps, s["p50"], s["p99"], s["actual_rps"], 100 * s["dropped"] / (rps * duration), s["error_pct"], own
-    )
+        rps, s["p50"], s["p99"], s["actual_rps"], 100 * s["dropped"] / (rps * duration), s["error_pct"], own,
+        _component_cpu(res.meta, s["actual_rps"]),
+    )  # fmt: skip
+
+
+def _component_cpu(meta: dict, achieved: float) -> dict[str, float]:
+    """Istio component -> vCPU per 1000 rps through one proxy process that carried the point (the
+    mean over the component's busy processes: idle ones, the rest of the demo app, are left out)."""
+    cores = (meta.get("host") or {}).get("process_cores") or {}
+    per: dict[str, list[float]] = {}
+    for name, labels in (meta.get("processes") or {}).items():
+        used = float(cores.get(name, 0.0))
+        if (labels or {}).get("kind") != "envoy" or achieved <= 0 or used < 0.01:  # idle: not on the path
+            continue
+        per.setdefault(COMPONENT_OF[labels["direction"]], []).append(used / (achieved / 1000))
+    return {k: float(np.mean(v)) for k, v in per.items()}
 
 
 @contextmanager
@@ -163,7 +188,10 @@ def by_hand(mode: str, run_dir: Path, target: LoadTarget) -> Iterator[Callable[[
         procs.append(
             _spawn([sys.executable, "-m", "workbench.backends.local.app", str(spec)], work / "app.log")
         )
-        wanted = {f"{SERVICE}-v1-inbound", f"{LOADGEN}-outbound"}
+        wanted = {f"{SERVICE}-v1-inbound", f"{LOADGEN}-outbound", f"{SERVICE}-waypoint"}
+        wanted |= {
+            f"{node}-node-proxy" for node in {layout["nodes"].get(SERVICE), _loadgen_node(layout)} if node
+        }
         for raw in layout["sidecars"]:
             if raw["name"] in wanted:
                 sc = Sidecar(**{**raw, "directory": Path(raw["directory"])})
@@ -213,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args([] if argv is None and __name__ != "__main__" else argv)
     duration = 3.0 if args.quick else 5.0
-    grid_rows, summary_rows = [], []
+    grid_rows: list[dict] = []
+    summary_rows: list[dict] = []
+    cpu_rows: list[dict] = []
     for mode in args.modes.split(","):
         run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{mode}-"))
         if not args.quick:
@@ -231,6 +261,12 @@ def main(argv: list[str] | None = None) -> None:
             h_pts.append(point)
             print(f"[{mode}] W {w_caps[-1]:g} rps / H {h_caps[-1]:g} rps", flush=True)
         shutil.rmtree(run_dir, ignore_errors=True)
+        published = proxycost_published()
+        for component in sorted({c for p in w_pts for c in p.vcpu or {}}):
+            vcpu = float(np.median([(p.vcpu or {}).get(component, np.nan) for p in w_pts]))
+            cpu_rows.append({"mode": mode, "component": component, "vcpu_per_1000rps@1000x16": vcpu,
+                             "istio_published": published[component]["vcpu_per_1000_rps"],
+                             "ratio": vcpu / published[component]["vcpu_per_1000_rps"]})  # fmt: skip
         runs = {"w_cap": w_caps, "h_cap": h_caps, "w_p50": [p.p50 for p in w_pts],
                 "h_p50": [p.p50 for p in h_pts], "w_own": [p.own_p50_us for p in w_pts],
                 "h_own": [p.own_p50_us for p in h_pts]}  # fmt: skip
@@ -239,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             "mode": mode, "max_rps": med["w_cap"], "hand_max_rps": med["h_cap"],
             "capacity_ratio": med["w_cap"] / med["h_cap"] if med["h_cap"] else float("nan"),
             "p50@1000x16": med["w_p50"], "hand_p50": med["h_p50"], "p50_ratio": med["w_p50"] / med["h_p50"],
+            "p99@1000x16": float(np.median([p.p99 for p in w_pts])),
             "own_us@1000x16": med["w_own"], "hand_own_us": med["h_own"],
             "own_ratio": med["w_own"] / med["h_own"] if med["h_own"] else float("nan"),
             "runs": f"W {[round(c) for c in w_caps]} / H {[round(c) for c in h_caps]}",
@@ -256,6 +293,24 @@ def main(argv: list[str] | None = None) -> None:
         "(H)"
     )
     print(pd.DataFrame(summary_rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if cpu_rows:
+        print("\nCPU per component per 1000 rps through one proxy at 1000 rps x 16 (the workbench's points, "
+              "median of the repetitions) against Istio's published figures (Istio 1.24, 1 KB payloads; "
+              f"{proxycost_published()['source']})")  # fmt: skip
+        print(pd.DataFrame(cpu_rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def proxycost_published() -> dict:
+    """Istio's published per-component figures (``mesh_features.yaml``: ``components``)."""
+    from workbench.experiments.mesh_compare import features
+
+    return features()["components"]  # type: ignore[no-any-return]
+
+
+def _loadgen_node(layout: dict) -> str | None:
+    """The load generator's node: the first node proxy's (``Layout.node_of``)."""
+    nodes = [raw["node"] for raw in layout["sidecars"] if raw["direction"] == "node"]
+    return nodes[0] if nodes else None
 
 
 def _target(run_dir: Path, mode: str) -> LoadTarget:
@@ -266,6 +321,11 @@ def _target(run_dir: Path, mode: str) -> LoadTarget:
     sidecars = {raw["name"]: raw for raw in layout["sidecars"]}
     if mode in ("both", "both-mtls"):
         port = sidecars[f"{LOADGEN}-outbound"]["listen_port"]
+    elif mode in ("ambient", "ambient-waypoint"):  # the load generator's pod: its node proxy's capture port
+        node = sidecars[f"{_loadgen_node(layout)}-node-proxy"]
+        port = node["ports"][
+            f"{LOADGEN}>{SERVICE}" if mode == "ambient-waypoint" else f"{LOADGEN}>{SERVICE}-v1"
+        ]
     elif mode == "serveronly":
         port = sidecars[f"{SERVICE}-v1-inbound"]["listen_port"]
     else:

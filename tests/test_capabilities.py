@@ -214,6 +214,7 @@ def test_problems_name_experiment_feature_mesh_and_what_to_change() -> None:
     assert set(by_path) == {
         "experiments[1].modes", "experiments[5]", "experiments[7].fault", "experiments[8]",
         "experiments[7].protections[1].retries", "experiments[7].protections[3].circuit_breaker",
+        "experiments[11].modes",  # the optional ambient comparison: sidecar modes are local too
     }  # fmt: skip
     assert capability_problems(cfg, offer_for(cfg.backend), "local") == []  # the default suite runs locally
     only = capability_problems(

@@ -59,11 +59,13 @@ def test_modes_without_client_sidecars_say_what_they_cannot_do() -> None:
 
 
 @pytest.mark.beside  # processes and ports, not figures
-def test_up_down_five_times_leaves_no_process_and_no_port() -> None:
-    for _ in range(5):
-        m = LocalMesh(mode="both", wait_for_metrics=False)
+@pytest.mark.parametrize("modes", [("both",), ("ambient", "ambient-waypoint")])
+def test_up_down_four_times_leaves_no_process_and_no_port(modes: tuple[str, ...]) -> None:
+    for i in range(4):
+        m = LocalMesh(mode=modes[i % len(modes)], wait_for_metrics=False)  # type: ignore[arg-type]
         m.start()
         ports = [sc.listen_port for sc in m.layout.sidecars] + [sc.admin_port for sc in m.layout.sidecars]
+        ports += [p for sc in m.layout.sidecars for p in sc.ports.values()]  # node proxies' capture ports
         ports += [a.port for vs in m.layout.apps.values() for a in vs.values()] + [m.layout.prometheus_port]
         run_dir = m.run_dir
         m.stop()

@@ -111,6 +111,11 @@ TIMING_COLUMNS = [
 DURATION_FIELDS = {"upstream_ms": "upstream_us", "request_ms": "request_us", "response_ms": "response_us",
                    "connect_ms": "connect_us", "handshake_ms": "handshake_us"}  # fmt: skip
 _SIDECAR = re.compile(r"^(?P<service>.+)-(?P<version>[^-]+)-(?P<direction>inbound|outbound)$")
+_NODE_PROXY = re.compile(r"^(?P<node>.+)-node-proxy$")
+_WAYPOINT = re.compile(r"^(?P<owner>.+)-waypoint$")
+# Proxies that see a request as its callee's: inbound sidecars and (ambient-waypoint) waypoints, whose
+# records name the destination version they chose. A node proxy logs tunnels (connections), not requests.
+SERVING = ("inbound", "waypoint")
 _CLUSTER = re.compile(r"^outbound\|(?P<service>[^|]+)\|(?P<version>[^|]*)$")
 
 
@@ -119,13 +124,22 @@ _CLUSTER = re.compile(r"^outbound\|(?P<service>[^|]+)\|(?P<version>[^|]*)$")
 
 
 def sidecar_of(name: str) -> dict[str, str]:
-    """service, version and direction from a local-mesh sidecar name (``catalog-v1-inbound``)."""
+    """service, version and direction from a local-mesh proxy name: a sidecar (``catalog-v1-inbound``),
+    a node proxy (``node-1-node-proxy``: direction ``node``) or a waypoint (``catalog-waypoint``:
+    direction ``waypoint``; each record names the service and version it routed to)."""
     if name == f"{CLIENT}-outbound":
         return {"service": CLIENT, "version": "", "direction": "outbound"}
     m = _SIDECAR.match(name)
-    if m is None:
-        raise ValueError(f"not a sidecar name: {name!r} (expected <service>-<version>-inbound|outbound)")
-    return m.groupdict()
+    if m is not None:
+        return m.groupdict()
+    if _NODE_PROXY.match(name):
+        return {"service": "", "version": "", "direction": "node"}
+    if _WAYPOINT.match(name):
+        return {"service": "", "version": "", "direction": "waypoint"}
+    raise ValueError(
+        f"not a proxy name: {name!r} (expected <service>-<version>-inbound|outbound, <node>-node-proxy or "
+        "<service>-waypoint)"
+    )
 
 
 def _records(lines: Sequence[str], sidecar: Mapping[str, str], name: str) -> list[dict[str, Any]]:
@@ -136,11 +150,15 @@ def _records(lines: Sequence[str], sidecar: Mapping[str, str], name: str) -> lis
         r = json.loads(line)
         outbound = sidecar["direction"] == "outbound"
         cluster = _CLUSTER.match(r.get("upstream_cluster") or "")
+        service, version = sidecar["service"], sidecar["version"]
+        if sidecar["direction"] == "waypoint":  # the callee's side: the service and version it chose
+            service = cluster["service"] if cluster else r.get("authority") or ""
+            version = cluster["version"] if cluster else r.get("version") or ""
         out.append(
             {
                 "sidecar": name,
-                "service": sidecar["service"],
-                "version": sidecar["version"],
+                "service": service,
+                "version": version,
                 "direction": sidecar["direction"],
                 "start": float(r["start_time"]),
                 "duration_ms": float(r.get("duration_us") or 0) / 1000.0,
@@ -148,10 +166,10 @@ def _records(lines: Sequence[str], sidecar: Mapping[str, str], name: str) -> lis
                 "flags": r.get("flags") or "-",
                 "destination": (cluster["service"] if cluster else r.get("authority") or "")
                 if outbound
-                else sidecar["service"],
+                else service,
                 "dest_version": (cluster["version"] if cluster else r.get("version") or "")
                 if outbound
-                else sidecar["version"],
+                else version,
                 "caller": r.get("caller") or "",
                 "request_id": r.get("request_id") or "",
                 **{column: _ms(r.get(key)) for column, key in DURATION_FIELDS.items()},
@@ -264,7 +282,7 @@ def edges_from_logs(logs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     else:
-        out = logs[(logs["direction"] == "inbound") & (logs["caller"] != "")]
+        out = logs[logs["direction"].isin(SERVING) & (logs["caller"] != "")]
         edges = pd.DataFrame(
             {
                 "source": out["caller"],
@@ -283,7 +301,7 @@ def hops(logs: pd.DataFrame) -> pd.DataFrame:
     ``total_ms`` (its inbound sidecar's time), ``downstream_ms`` (the slowest linked call),
     ``self_ms``, status, ``failed_call`` and ``originated`` (an error not explained by a failed
     call); plus one row per Envoy-generated edge failure, charged to the callee (``kind`` hop)."""
-    inbound = logs[logs["direction"] == "inbound"].reset_index(drop=True)
+    inbound = logs[logs["direction"].isin(SERVING)].reset_index(drop=True)
     inbound = inbound.assign(end=inbound["start"] + inbound["duration_ms"] / 1000.0, row=inbound.index)
     edges = edges_from_logs(logs)
     calls = edges[(edges["source"] != CLIENT) & (edges["request_id"] != "")]

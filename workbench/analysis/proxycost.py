@@ -14,11 +14,17 @@ traversal that had to open its upstream connection (it began after the request a
 connection's TCP connect and TLS handshake time. A traversal Envoy answered itself (an RBAC
 denial, an injected abort: no upstream) is counted apart, as a local reply.
 
-Per sidecar **role** — ``client outbound`` (a caller's sidecar, the load generator's included),
-``server inbound`` (a callee's), ``gateway`` (an ingress or egress gateway, by name) — this gives
+Per proxy **role** — ``client outbound`` (a caller's sidecar, the load generator's included),
+``server inbound`` (a callee's), ``gateway`` (an ingress or egress gateway, by name), ``waypoint``
+(ambient-waypoint's L7 proxy, one traversal per call) — this gives
 p50/p90/p99 of the own time per traversal, how many traversals a request makes, and with the
 sidecars' measured CPU, vCPU per 1000 traversals/s through the proxy (the unit of Istio's
 published figures) and per 1000 requests/s entering the app.
+
+A ``node proxy`` (the ambient modes' L4 proxy) logs tunnels, not requests (one record per tunnel
+over a kept-alive connection), so it has no own time per request: its row gives its CPU and memory,
+and its traversals per request from the call structure (each call crosses the caller's and the
+callee's node proxy: ``meta["node_proxy_traversals_per_request"]``).
 
 The end-to-end difference between two modes is a cross-check, not the same number: a request
 fans out (the demo's frontend calls catalog and reviews concurrently), so only the proxies on
@@ -40,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.analysis.localize import CLIENT, AccessLogTail
+from workbench.analysis.localize import CLIENT, SERVING, AccessLogTail
 from workbench.backends.local.envoy import ACCESS_LOG_FLUSH_S
 from workbench.load import storage
 from workbench.load.results import LoadResult
@@ -60,7 +66,8 @@ __all__ = [
     "traversals",
 ]
 
-ROLES = ("client outbound", "server inbound", "gateway")
+ROLES = ("client outbound", "server inbound", "gateway", "waypoint")
+NODE_PROXY = "node proxy"  # an ambient node proxy: CPU and memory, no per-request record
 # the workbench's own processes by their ``kind`` label: what a real mesh does not run
 OBSERVERS = {"prometheus": "Prometheus (workbench)", "procstats": "process exporter (workbench)",
              "audit": "audit exporter (workbench)"}  # fmt: skip
@@ -70,7 +77,12 @@ QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 
 def role_of(service: str, direction: str) -> str:
-    """A sidecar's role: ``gateway`` (by name), ``client outbound`` or ``server inbound``."""
+    """A proxy's role: ``waypoint``/``node proxy`` (ambient), ``gateway`` (by name), ``client outbound``
+    or ``server inbound``."""
+    if direction == "waypoint":
+        return "waypoint"
+    if direction == "node":
+        return NODE_PROXY
     name = service.lower()
     if "gateway" in name or name.startswith(("ingress", "egress")):
         return "gateway"
@@ -86,6 +98,8 @@ def traversals(logs: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
     (the proxy sent it upstream), ``own_ms`` (duration - upstream; NaN for a local reply) and
     ``end``; drops the request-id strings (the integer links them).
     """
+    if len(logs):
+        logs = logs[logs["direction"] != "node"]  # tunnels, not requests (see the module docstring)
     if not len(logs):
         return _empty()
     inside = logs[(logs["start"] >= start) & (logs["start"] <= end)]
@@ -120,7 +134,7 @@ def _empty() -> pd.DataFrame:
 def _parents(t: pd.DataFrame) -> pd.Series:
     """Each traversal's parent row (the traversal whose request made it), -1 for an entry."""
     rows = t.assign(row=np.arange(len(t)))
-    inbound, outbound = rows[rows["direction"] == "inbound"], rows[rows["direction"] == "outbound"]
+    inbound, outbound = rows[rows["direction"].isin(SERVING)], rows[rows["direction"] == "outbound"]
     pairs = []
     if len(outbound):
         # a callee's inbound traversal <- the caller's outbound traversal to that version
@@ -134,7 +148,7 @@ def _parents(t: pd.DataFrame) -> pd.Series:
             inbound[["row", "request", "service", "version", "start", "end"]],
             on=["request", "service", "version"], suffixes=("", "_p"),
         )[["row", "start", "row_p", "start_p", "end"]])  # fmt: skip
-    else:  # serveronly: the callee's inbound sidecar sees the caller (header)
+    else:  # serveronly, ambient-waypoint: the callee's inbound sidecar (or waypoint) sees the caller (header)
         called = inbound[inbound["caller"].isin(set(inbound["service"]))]
         pairs.append(called[["row", "request", "caller", "start"]].merge(
             inbound[["row", "request", "service", "start", "end"]],
@@ -194,6 +208,7 @@ def point_cost(
     seconds: float,
     process_cores: Mapping[str, float] | None = None,
     process_rss_mib: Mapping[str, float] | None = None,
+    node_proxy_per_request: float | None = None,
 ) -> pd.DataFrame:
     """Per role (and ``all sidecars``): own time per traversal and what the proxies cost.
 
@@ -205,13 +220,16 @@ def point_cost(
     response_p50_us, new_connection_pct, connect_p50_us, handshake_p50_us, sidecars, cpu_cores,
     vcpu_per_1000_traversals (per 1000 traversals/s through one proxy: Istio's published unit),
     vcpu_per_1000_rps (all the role's sidecars per 1000 requests/s entering), rss_mib_per_proxy.
+    The ambient modes' node proxies (processes ``envoy <node>-node-proxy``) add a ``node proxy`` row
+    (no own time: they log tunnels) with ``node_proxy_per_request`` traversals per request.
     """
     cores = dict(process_cores or {})
     rss = dict(process_rss_mib or {})
     entered = int(t["request"].nunique()) if len(t) else 0  # the requests these traversals belong to
     rows = []
     groups = [(role, t[t["role"] == role]) for role in ROLES if (t["role"] == role).any()]
-    if len(groups) > 1 or not groups:
+    nodes = sorted(n for n in cores if n.endswith("-node-proxy"))
+    if len(groups) > 1 or not (groups or nodes):
         groups.append((ALL, t))
     for role, g in groups:
         fw = g[g["forwarded"]] if len(g) else g
@@ -241,7 +259,30 @@ def point_cost(
         row["vcpu_per_1000_rps"] = cpu / (requests / seconds / 1000) if requests and seconds else math.nan
         row["rss_mib_per_proxy"] = float(np.mean(role_rss)) if role_rss else math.nan
         rows.append(row)
+    if nodes:
+        rows.append(_node_proxy_row(nodes, cores, rss, requests, seconds, node_proxy_per_request))
     return pd.DataFrame(rows)
+
+
+def _node_proxy_row(
+    names: list[str], cores: Mapping[str, float], rss: Mapping[str, float], requests: int, seconds: float,
+    per_request: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The node proxies' row of ``point_cost``: CPU and memory; traversals from the call structure."""
+    cpu = float(sum(cores[n] for n in names))
+    rate = requests / seconds if requests and seconds else math.nan
+    per = float(per_request) if per_request else math.nan
+    held = [rss[n] for n in names if n in rss]
+    traversals = round(per * requests) if math.isfinite(per) else 0
+    row: dict[str, Any] = {"role": NODE_PROXY, "traversals": traversals, "per_request": per}
+    row["local_replies"] = 0
+    row.update({f"own_{q}_us": math.nan for q in QUANTILES})
+    row.update(request_p50_us=math.nan, response_p50_us=math.nan, new_connection_pct=math.nan,
+               connect_p50_us=math.nan, handshake_p50_us=math.nan, sidecars=len(names), cpu_cores=cpu,
+               vcpu_per_1000_traversals=cpu / (per * rate / 1000) if math.isfinite(per * rate) else math.nan,
+               vcpu_per_1000_rps=cpu / (rate / 1000) if math.isfinite(rate) else math.nan,
+               rss_mib_per_proxy=float(np.mean(held)) if held else math.nan)  # fmt: skip
+    return row
 
 
 def _q(frame: pd.DataFrame, column: str, q: float) -> float:
@@ -315,13 +356,14 @@ def sweep_costs(store: Path, directory: Path) -> pd.DataFrame:
     for path in sorted(store.glob("*.json")):
         result = storage.load(path)
         t = load_traversals(directory, path.stem)
-        if t is None or not len(t):
+        if t is None or not (len(t) or meta_has_node_proxies(result.meta)):
             continue
         meta, summary = result.meta, result.summary()
         host = meta.get("host") or {}
         seconds = float(meta.get("duration_s") or 0.0)
         cost = point_cost(t, int(summary["count"]), seconds, host.get("process_cores"),
-                          meta.get("process_rss_mib"))  # fmt: skip
+                          meta.get("process_rss_mib"),
+                          meta.get("node_proxy_traversals_per_request"))  # fmt: skip
         crit = critical_path(t)
         sat = result.saturation()
         cost = cost.assign(
@@ -334,6 +376,12 @@ def sweep_costs(store: Path, directory: Path) -> pd.DataFrame:
         )  # fmt: skip
         rows.append(cost)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def meta_has_node_proxies(meta: Mapping[str, Any]) -> bool:
+    """Whether a point ran through ambient node proxies (they log tunnels, so it may have no
+    per-request traversal and still a node proxy row)."""
+    return bool(meta.get("node_proxy_traversals_per_request"))
 
 
 def per_traversal(costs: pd.DataFrame, role: str = ALL, confidence: float = 0.95) -> TrialResult:
@@ -414,7 +462,9 @@ def over_trials(
                                "saturated_trials": int(g["saturated"].sum()), "own_p50_us": math.nan,
                                "own_p50_ci_low": math.nan, "own_p50_ci_high": math.nan,
                                "own_p50_note": ""}  # fmt: skip
-        if len(ok):
+        if row["role"] == NODE_PROXY:
+            row["own_p50_note"] = "no own time per request: a node proxy logs tunnels (L4)"
+        elif len(ok):
             res = per_traversal(ok, str(row["role"]), 1 - alpha)
             note = (
                 res.note
@@ -455,7 +505,7 @@ def sentence(group: pd.DataFrame, where: str, replicate: str = "trial") -> str:
     top = overall(group)
     if top is None:
         return ""
-    roles = group[group["role"] != ALL]
+    roles = group[(group["role"] != ALL) & np.isfinite(group["own_p50_us"].astype(float))]  # not node proxies
     parts = (
         ", ".join(f"{r['role']} {r['own_p50_us']:.0f} µs" for _, r in roles.iterrows())
         if len(roles) > 1

@@ -10,6 +10,11 @@ service that received no traffic, or a pod without a sidecar, still shows. Expor
 Mermaid (``graph LR``) and Graphviz DOT; :meth:`ServiceGraph.figure` draws a layered plotly
 network (layers by call depth, edge width by rps, colour by error rate or p99), with a culprit
 from ``workbench.analysis.localize`` marked.
+
+In the local mesh's ambient modes the data plane is not one proxy per pod, so the graph also holds
+its shared proxies (:meth:`ServiceGraph.with_data_plane`): each node proxy (L4, one per node,
+linked to the services whose pods run there) and each waypoint (L7, linked to the services it
+serves), drawn and exported with their role.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from workbench.load.results import error_mask
 from workbench.metrics.histogram import merge
 from workbench.report.plots import COLOURS, styled
 
-__all__ = ["Edge", "Node", "ServiceGraph"]
+__all__ = ["Edge", "Node", "Proxy", "ServiceGraph"]
 
 CLIENTS = ("loadgen",)  # callers that are load generators, not services
 
@@ -73,6 +78,16 @@ class Node:
 
 
 @dataclass
+class Proxy:
+    """A shared data-plane proxy of the ambient modes and the services it carries."""
+
+    name: str  # e.g. "node-1-node-proxy", "catalog-waypoint"
+    role: Literal["node proxy", "waypoint"]
+    serves: list[str]  # node proxy: the services whose pods run on its node; waypoint: the services it serves
+    node: str = ""  # a node proxy's node
+
+
+@dataclass
 class ServiceGraph:
     """Nodes and edges; see the module docstring."""
 
@@ -80,6 +95,7 @@ class ServiceGraph:
     edges: list[Edge]
     seconds: float  # the time the rates average over
     source: str  # where the graph came from, for the figure's reading
+    proxies: list[Proxy] = field(default_factory=list)  # ambient: node proxies and waypoints
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -303,6 +319,11 @@ class ServiceGraph:
             cols.append("cp_ms")
         return pd.DataFrame(rows, columns=cols)
 
+    def with_data_plane(self, proxies: list[Proxy] | list[dict[str, Any]]) -> ServiceGraph:
+        """Add the ambient data plane's node proxies and waypoints (``Proxy`` or its fields)."""
+        self.proxies = [p if isinstance(p, Proxy) else Proxy(**p) for p in proxies]
+        return self
+
     def mark(self, service: str, note: str) -> ServiceGraph:
         """Mark a node (the localization's culprit) with a note shown in the figure and exports."""
         if service not in self.nodes:
@@ -319,6 +340,7 @@ class ServiceGraph:
                 "seconds": self.seconds,
                 "nodes": [asdict(n) for n in self.nodes.values()],
                 "edges": [asdict(e) for e in self.edges],
+                "proxies": [asdict(p) for p in self.proxies],
             }
         )
 
@@ -326,7 +348,8 @@ class ServiceGraph:
     def from_json(cls, data: dict[str, Any]) -> ServiceGraph:
         nodes = {n["name"]: Node(**{k: _nan(v) for k, v in n.items()}) for n in data["nodes"]}
         edges = [Edge(**{k: _nan(v) for k, v in e.items()}) for e in data["edges"]]
-        return cls(nodes, edges, float(data["seconds"]), str(data["source"]))
+        graph = cls(nodes, edges, float(data["seconds"]), str(data["source"]))
+        return graph.with_data_plane(data.get("proxies") or [])
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)
@@ -341,6 +364,12 @@ class ServiceGraph:
             lines.append(f"  {_ident(name)}{shape}")
         for e in self.edges:
             lines.append(f'  {_ident(e.source)} -->|"{e.label}"| {_ident(e.destination)}')
+        for p in self.proxies:  # ambient: shared proxies, dotted to the services they carry
+            shape = (
+                f'[["{p.name}<br/>{p.role}"]]' if p.role == "node proxy" else f'{{"{p.name}<br/>{p.role}"}}'
+            )
+            lines.append(f"  {_ident(p.name)}{shape}")
+            lines += [f"  {_ident(p.name)} -.- {_ident(s)}" for s in p.serves if s in self.nodes]
         for name, node in self.nodes.items():
             if node.mark:
                 lines.append(f"  style {_ident(name)} stroke:{COLOURS['bad']},stroke-width:4px")
@@ -367,6 +396,12 @@ class ServiceGraph:
                 f'  "{e.source}" -> "{e.destination}" [label="{e.label}", penwidth={width:.2f}, '
                 f'color="{colour}"];'
             )
+        for p in self.proxies:
+            shape = "box3d" if p.role == "node proxy" else "diamond"
+            lines.append(f'  "{p.name}" [label="{p.name}\\n{p.role}", shape={shape}];')
+            lines += [
+                f'  "{p.name}" -> "{s}" [style=dotted, arrowhead=none];' for s in p.serves if s in self.nodes
+            ]
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -472,6 +507,7 @@ class ServiceGraph:
                     marker={"size": vs, "color": "#9ecae1", "line": {"width": 1, "color": "#3182bd"}},
                 )
             )
+        self._draw_proxies(fig, pos)
         if marked:
             fig.add_trace(
                 go.Scatter(
@@ -534,6 +570,46 @@ class ServiceGraph:
             )
             fig.update_layout(margin={"b": 120})
         return fig
+
+    def _draw_proxies(self, fig: go.Figure, pos: dict[str, tuple[float, float]]) -> None:
+        """Ambient: node proxies as squares in a row under the services, waypoints as diamonds above
+        the services they serve, each dotted to its services and labelled with its role."""
+        if not self.proxies:
+            return
+        bottom = min((y for _, y in pos.values()), default=0.0) - 1.0
+        top = max((y for _, y in pos.values()), default=0.0)
+        points: dict[str, tuple[float, float]] = {}
+        nodes = [p for p in self.proxies if p.role == "node proxy"]
+        for i, p in enumerate(nodes):
+            xs = [pos[s][0] for s in p.serves if s in pos]
+            points[p.name] = (float(np.mean(xs)) if xs else float(i), bottom - 0.25 * (i % 2))
+        for p in self.proxies:
+            if p.role == "waypoint":
+                xs = [pos[s][0] for s in p.serves if s in pos]
+                ys = [pos[s][1] for s in p.serves if s in pos]
+                one = len(xs) == 1
+                points[p.name] = (xs[0] + 0.18 if one else float(np.mean(xs or [0.0])),
+                                  ys[0] + 0.32 if one else top + 0.9)  # fmt: skip
+        for p in self.proxies:
+            x0, y0 = points[p.name]
+            for s in (s for s in p.serves if s in pos):
+                fig.add_trace(go.Scatter(x=[x0, pos[s][0]], y=[y0, pos[s][1]], mode="lines", hoverinfo="skip",
+                                         showlegend=False, line={"width": 1, "dash": "dot",
+                                                                 "color": COLOURS["grey"]}))  # fmt: skip
+        for role, symbol, colour in (("node proxy", "square", "#756bb1"), ("waypoint", "diamond", "#e6550d")):
+            mine = [p for p in self.proxies if p.role == role]
+            if not mine:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[points[p.name][0] for p in mine], y=[points[p.name][1] for p in mine],
+                mode="markers+text", text=[p.node or p.name.removesuffix("-waypoint") for p in mine],
+                textposition="bottom center" if role == "node proxy" else "top center",
+                name="node proxies (L4: mTLS tunnels)" if role == "node proxy" else "waypoints (L7 policy)",
+                marker={"symbol": symbol, "size": 18, "color": colour,
+                        "line": {"width": 1, "color": "white"}},
+                hovertext=[f"<b>{p.name}</b> ({role})<br>carries: {', '.join(p.serves)}" for p in mine],
+                hoverinfo="text",
+            ))  # fmt: skip
 
     def _positions(self) -> dict[str, tuple[float, float]]:
         layers: dict[int, list[str]] = {}

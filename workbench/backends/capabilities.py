@@ -77,6 +77,9 @@ CLIENT_SIDE: frozenset[Capability] = frozenset(
 AUTHORIZATION: frozenset[Capability] = frozenset(
     {Capability.AUTHZ_L4, Capability.AUTHZ_L7, Capability.AUTHZ_DENY}
 )
+# What Istio's ambient mode applies only in a waypoint (its node proxy, ztunnel, is L4: mTLS, caller
+# identity, allow/deny by identity): traffic policy and authorization by path or method.
+NEEDS_WAYPOINT: frozenset[Capability] = frozenset({*CLIENT_SIDE, Capability.AUTHZ_L7})
 
 
 class Unavailable(BackendError):

@@ -39,7 +39,10 @@ def _running(state_dir: Path) -> bool:
 
 @local_app.command()
 def up(
-    mode: Annotated[str, typer.Option(help="Sidecar mode: none, serveronly, both, both-mtls.")] = "both",
+    mode: Annotated[
+        str,
+        typer.Option(help="Data plane mode: none, serveronly, both, both-mtls, ambient, ambient-waypoint."),
+    ] = "both",
     topology: Annotated[Path | None, typer.Option(help="YAML file replacing the demo topology.")] = None,
     tracing: Annotated[
         str, typer.Option(help="Percent of requests traced (Envoy's tracer, span receiver), or 'off'.")

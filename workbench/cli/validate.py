@@ -19,7 +19,7 @@ from workbench.cli._common import ExitCode, load_or_exit, minutes, out
 
 BACKENDS = ("local", "kubernetes")
 MESHES = ("auto", "istio", "linkerd", "consul", "gateway-api")
-MODES = ("none", "serveronly", "both", "both-mtls")
+MODES = ("none", "serveronly", "both", "both-mtls", "ambient", "ambient-waypoint")
 
 
 def validate(

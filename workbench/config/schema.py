@@ -42,7 +42,7 @@ from workbench.units import (
     Weight,
 )
 
-Mode = Literal["none", "serveronly", "both", "both-mtls"]
+Mode = Literal["none", "serveronly", "both", "both-mtls", "ambient", "ambient-waypoint"]
 Metric = Literal["p50", "p75", "p90", "p95", "p99", "p999", "mean", "error_rate"]
 NoData = Literal["fail", "pass", "inconclusive"]
 LoadModel = Literal["open", "closed"]
@@ -66,12 +66,14 @@ class LocalSettings(Strict):
     mode: Mode = "both"
     topology: str | None = Field(default=None, description="YAML file replacing the demo topology")
     tracing: Tracing | None = Tracing()  # null: no tracer, no receiver (apps still propagate context)
+    # mode ambient-waypoint: a waypoint per service, or one for the namespace (all services)
+    waypoint: Literal["service", "namespace"] = "service"
 
     def mesh_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``LocalMesh`` for these settings (mode, topology, tracing)."""
+        """Keyword arguments of ``LocalMesh`` for these settings (mode, topology, tracing, waypoint)."""
         t = self.tracing
         return {"mode": self.mode, "topology": self.topology, "tracing": t.sampling if t else None,
-                "tracer": t.tracer if t else "opentelemetry"}  # fmt: skip
+                "tracer": t.tracer if t else "opentelemetry", "waypoint": self.waypoint}  # fmt: skip
 
 
 class TraceStore(Strict):
@@ -177,6 +179,8 @@ class Expectation(Strict):
 class _Experiment(Strict):
     name: Name
     description: str = ""
+    # true: left out of a run unless named with --only (a long study kept out of the default suite)
+    optional: bool = False
     alpha: Annotated[float, Field(gt=0, lt=0.5)] | None = None
     window: PositiveDuration | None = None
     warmup: Duration | None = None
@@ -505,8 +509,8 @@ class Config(Strict):
         return self
 
     def select(self, only: Iterable[str] = ()) -> list[Any]:
-        """The experiments named in ``only`` (all when empty), in file order; ValueError names the
-        unknown ones and the names there are (``workbench run --only``)."""
+        """The experiments named in ``only`` (when empty: all but the ``optional`` ones), in file
+        order; ValueError names the unknown ones and the names there are (``workbench run --only``)."""
         only = list(only)
         names = [e.name for e in self.experiments]
         unknown = [n for n in only if n not in names]
@@ -514,7 +518,7 @@ class Config(Strict):
             raise ValueError(
                 f"--only: no experiment named {', '.join(unknown)}; there are: {', '.join(names)}"
             )
-        return [e for e in self.experiments if not only or e.name in only]
+        return [e for e in self.experiments if e.name in only or (not only and not e.optional)]
 
     def get(self, name: str) -> Any:
         """The experiment called ``name``; KeyError lists the names there are."""

@@ -23,6 +23,11 @@ A report reads, in this order:
 3. **Agreement**: the sidecars' own time on a request's critical path against the end-to-end Δp50;
    what the difference adds beyond it is outside any proxy's own accounting (loopback hops, the
    kernel, scheduling).
+4. **Components** (with the ambient modes): per mode and component — sidecar, node proxy (Istio's
+   ztunnel), waypoint — vCPU per 1000 rps through one proxy and memory per proxy, beside Istio's
+   published figures for the same component (``mesh_features.yaml``: ``components``, with its
+   source) and the ratio of the two, and each component's traversals per request. Node proxies log
+   tunnels, not requests: their traversals per request follow from the call structure.
 
 Every point records the host's CPU over all cores, the load generator's own CPU, achieved vs
 requested rate and dropped iterations. A comparison with a saturated point (host CPU >= 85 %,
@@ -316,6 +321,9 @@ def observer_table(arms: Arms, store: Path) -> pd.DataFrame:
         for r in runs:
             t = proxycost.load_traversals(store / TRAVERSALS, str(r.meta.get("point", "")))
             on_path = set(t["sidecar"]) if t is not None and len(t) else set()
+            processes = r.meta.get("processes") or {}  # node proxies log tunnels: each one carries some
+            nodes = [n for n, labels in processes.items() if (labels or {}).get("direction") == "node"]
+            on_path |= {n.removeprefix("envoy ") for n in nodes}
             rows.append({"mode": mode, "connections": conns, **proxycost.cpu_shares(r, on_path)})
     if not rows:
         return pd.DataFrame()
@@ -353,7 +361,7 @@ def analyse(s: Session) -> ExperimentResult:
         costs = proxycost.sweep_costs(s.store / POINTS, s.store / TRAVERSALS)
         proxy = proxycost.over_trials(costs, alpha=spec.alpha)
         tables.update(points=points, proxy_cost=proxy, traversal_points=costs,
-                      observer=observer_table(arms, s.store))  # fmt: skip
+                      observer=observer_table(arms, s.store), components=components(proxy))  # fmt: skip
         if chosen is not None:
             details["rate"] = chosen.reason
     tables["overhead"] = overhead
@@ -442,9 +450,55 @@ def _headline(
     mine, theirs = _group(proxy, rep, conns), _group(proxy, base, conns)
     parts = [proxycost.sentence(mine, rep),
              f"end to end, {e2e} (trials as replicates, {int(p50['trials'])} per mode)",
-             proxycost.agreement(mine, theirs, p50, base)]  # fmt: skip
+             proxycost.agreement(mine, theirs, p50, base), component_sentence(components(proxy))]  # fmt: skip
     text = "; ".join(x for x in parts if x)
     return text[0].upper() + text[1:] + rate
+
+
+# ----------------------------------------------------------------------------------------------
+# Components: measured per 1000 rps beside Istio's published figures
+
+COMPONENT = {"client outbound": "sidecar", "server inbound": "sidecar", proxycost.NODE_PROXY: "ztunnel",
+             "waypoint": "waypoint"}  # fmt: skip
+AMBIENT_MODES = ("ambient", "ambient-waypoint")
+
+
+def components(proxy: pd.DataFrame) -> pd.DataFrame:
+    """Per mode, connection count and component (sidecar roles, node proxy, waypoint): traversals per
+    request, vCPU per 1000 rps through one proxy and MiB per proxy, Istio's published figures for
+    that component (``mesh_features.yaml``) and measured / published. Empty without such rows."""
+    if proxy.empty:
+        return pd.DataFrame()
+    published = features()["components"]
+    rows = []
+    for _, r in proxy[proxy["role"].isin(list(COMPONENT))].iterrows():
+        ref = published[COMPONENT[r["role"]]]
+        cpu, mem = float(r["vcpu_per_1000_traversals"]), float(r["rss_mib_per_proxy"])
+        rows.append({"mode": r["mode"], "connections": int(r["connections"]), "role": r["role"],
+                     "istio_component": COMPONENT[r["role"]], "per_request": float(r["per_request"]),
+                     "vcpu_per_1000_rps": cpu, "istio_vcpu_per_1000_rps": ref["vcpu_per_1000_rps"],
+                     "cpu_ratio": cpu / ref["vcpu_per_1000_rps"], "rss_mib": mem,
+                     "istio_memory_mb": ref["memory_mb"], "memory_ratio": mem / ref["memory_mb"],
+                     "trials": int(r["trials"]), "source": published["source"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def component_sentence(table: pd.DataFrame) -> str:
+    """ "in ambient-waypoint, per 1000 rps through one proxy: node proxy 0.08 vCPU (Istio's ztunnel:
+    0.06) ..." for the ambient modes; empty without them."""
+    if table.empty:
+        return ""
+    parts = []
+    for mode in [m for m in AMBIENT_MODES if m in set(table["mode"])]:
+        g = table[table["mode"] == mode]
+        g = g[g["connections"] == g["connections"].max()]
+        cells = [f"{r['role']} {r['vcpu_per_1000_rps']:.2f} vCPU, {r['rss_mib']:.0f} MiB (Istio's "
+                 f"{r['istio_component']}: {r['istio_vcpu_per_1000_rps']:.2f} vCPU, "
+                 f"{r['istio_memory_mb']:.0f} MB)"
+                 for _, r in g.iterrows() if np.isfinite(r["vcpu_per_1000_rps"])]  # fmt: skip
+        if cells:
+            parts.append(f"in {mode}, per 1000 rps through one proxy: " + ", ".join(cells))
+    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,9 +563,9 @@ def _measured_cells(
                 "own time per proxy": ("own_p50_us", lambda r: f"{proxycost.us_text(r)} p50, "
                                        f"{r['own_p99_us']:.0f} µs p99 per traversal"),
                 "proxy CPU": ("vcpu_per_1000_traversals", lambda r: f"{r['vcpu_per_1000_traversals']:.2f} "
-                              "vCPU per 1000 rps through one sidecar"),
+                              "vCPU per 1000 rps through one proxy"),
                 "proxy memory": ("rss_mib_per_proxy",
-                                 lambda r: f"{r['rss_mib_per_proxy']:.0f} MiB RSS per sidecar"),
+                                 lambda r: f"{r['rss_mib_per_proxy']:.0f} MiB RSS per proxy"),
             }  # fmt: skip
             for row, (column, text) in cells.items():
                 parts = [f"{r['role']}: {text(r)}" for _, r in roles.iterrows() if np.isfinite(r[column])]

@@ -185,7 +185,8 @@ class Session:
         if fresh:
             from workbench.backends.local.mesh import LocalMesh
 
-            return LocalMesh(mode=mode, topology=backend.topology, telemetry=False)  # type: ignore[arg-type]
+            return LocalMesh(mode=mode, topology=backend.topology, telemetry=False,  # type: ignore[arg-type]
+                             waypoint=backend.waypoint)  # fmt: skip
         current = self._backend
         if current is None and self.mesh_state is not None:  # the runner's shared mesh
             current = self.backend()
@@ -199,7 +200,8 @@ class Session:
         # a mesh started for a sweep needs none of the workbench's telemetry: the sidecars' cost is
         # measured from their processes, the rest from k6 and the access logs; nor tracing (its cost would
         # be in the figures)
-        return LocalMesh(mode=mode, topology=backend.topology, telemetry=False)  # type: ignore[arg-type]
+        return LocalMesh(mode=mode, topology=backend.topology, telemetry=False,  # type: ignore[arg-type]
+                         waypoint=backend.waypoint)  # fmt: skip
 
     @contextmanager
     def quiet_others(self) -> Iterator[None]:

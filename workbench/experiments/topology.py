@@ -42,7 +42,21 @@ from workbench.traces import spans as sp
 
 LOGS = "access_logs"
 SPANS = "spans.parquet"
+DATA_PLANE = "data_plane.json"
 PROM_WINDOW_S = 5  # Envoy flushes its histograms to /stats every 5 s (counters: live)
+
+
+def data_plane(layout: Any) -> list[dict[str, Any]]:
+    """The ambient layout's node proxies (with the services on their node) and waypoints (with the
+    services they serve), as ``analysis.topology.Proxy`` fields."""
+    out: list[dict[str, Any]] = []
+    for node, sc in layout.node_proxies.items():
+        served = [svc for svc, n in layout.nodes.items() if n == node]
+        out.append({"name": sc.name, "role": "node proxy", "serves": served, "node": node})
+    out += [
+        {"name": sc.name, "role": "waypoint", "serves": list(sc.callees)} for sc in layout.waypoints.values()
+    ]
+    return out
 
 
 def _window_s(s: Session, half_s: float) -> float:
@@ -63,6 +77,8 @@ def run(s: Session) -> None:
             for sc in mesh.layout.sidecars
         }
         s.save_json("sidecars.json", sidecars)
+        if mesh.layout.node_proxies:  # ambient: the shared proxies the graph draws
+            s.save_json(DATA_PLANE, data_plane(mesh.layout))
         tail = loc.AccessLogTail(Path(mesh.run_dir) / "envoy", sidecars).skip()
     spans_tail = (
         sp.SpanTail(mesh.traces_dir).skip() if local and getattr(mesh, "sampling", None) is not None else None
@@ -249,6 +265,8 @@ def analyse(s: Session) -> ExperimentResult:
         raise ValueError(
             f"{s.store}: neither access logs nor telemetry stored: nothing to build the graph from"
         )
+    if (s.store / DATA_PLANE).exists():
+        graph.with_data_plane(s.load_json(DATA_PLANE))
     tables: dict[str, pd.DataFrame] = {"edges": graph.to_frame()}
     if "outbound" in telemetry and len(telemetry["outbound"]):
         tables["edges_prometheus"] = ServiceGraph.from_telemetry(

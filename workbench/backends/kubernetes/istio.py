@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from workbench.backends.base import BackendError, Split, cookie_regex
-from workbench.backends.capabilities import CLIENT_SIDE, Capability, Offer
+from workbench.backends.capabilities import NEEDS_WAYPOINT, Offer
 from workbench.backends.kubernetes.adapter import Manifest, MeshAdapter, TrafficState
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.values import dns_label, go_duration, percent_split
@@ -67,7 +67,7 @@ _WAYPOINT = (
     "in Istio's ambient mode L7 features need a waypoint proxy, and namespace {namespace} uses none: deploy "
     "one ('istioctl waypoint apply -n {namespace} --enroll-namespace') or label the namespace for sidecars"
 )
-AMBIENT_L7 = frozenset({*CLIENT_SIDE, Capability.AUTHZ_L7})
+AMBIENT_L7 = NEEDS_WAYPOINT
 
 
 def ambient_offer(namespace: str) -> Offer:

@@ -125,7 +125,7 @@ class Sidecar:
 
     name: str  # e.g. "reviews-v2-inbound"
     identity: str  # the service it speaks for (mTLS SAN, caller header)
-    direction: str  # "inbound" or "outbound"
+    direction: str  # "inbound", "outbound", or in the ambient modes "node" (node proxy) or "waypoint"
     admin_port: int
     listen_port: int
     directory: Path
@@ -134,6 +134,8 @@ class Sidecar:
     callees: list[str] = field(default_factory=list)  # outbound: services it can call
     service: str = ""
     version: str = ""
+    node: str = ""  # ambient: the simulated node (a node proxy's own, or its pods')
+    ports: dict[str, int] = field(default_factory=dict)  # node proxy: "<caller>><destination>" -> port
 
     def path(self, kind: str) -> Path:
         return self.directory / f"{kind}.yaml"
@@ -514,23 +516,29 @@ def _apply_breaker(cluster: dict[str, Any], b: CircuitBreaker | None) -> None:
         }
 
 
-def _static_cluster(name: str, port: int) -> dict[str, Any]:
-    return {
+def _static_cluster(
+    name: str, port: int = 0, address: dict[str, Any] | None = None, http: bool = True
+) -> dict[str, Any]:
+    """One endpoint (127.0.0.1:``port``, or ``address``, e.g. an internal listener), HTTP/1.1 unless
+    ``http`` is false (a plain TCP upstream)."""
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address or _addr(port)}}]}],
         },
-        "typed_extension_protocol_options": {
+    }
+    if http:
+        cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTS,
                 "explicit_http_config": {"http_protocol_options": {}},
                 "common_http_protocol_options": {"idle_timeout": "300s"},
             }
-        },
-    }
+        }
+    return cluster
 
 
 def _tls_common(files: CertFiles, allowed_sans: list[str] | None) -> dict[str, Any]:
@@ -569,16 +577,23 @@ def rendered(sc: Sidecar, view: MeshView) -> dict[str, Any]:
 
 
 def _static_equivalent(files: dict[str, Any]) -> dict[str, Any]:
-    """The bootstrap with the route (and cluster) files inlined, for ``--mode validate``."""
+    """The bootstrap with the route (and cluster) files inlined, for ``--mode validate``: every
+    HTTP connection manager's RDS name is replaced by the route configuration of that name found
+    in the files (``rds``; a waypoint also has ``srds``)."""
     boot = copy.deepcopy(files["bootstrap"])
     boot.pop("dynamic_resources", None)
-    route_config = {k: v for k, v in files["rds"]["resources"][0].items() if k != "@type"}
+    route_configs = {
+        r["name"]: {k: v for k, v in r.items() if k != "@type"}
+        for kind, data in files.items()
+        if kind not in ("bootstrap", "cds")
+        for r in data["resources"]
+    }
     for listener in boot["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for f in chain["filters"]:
                 hcm = f["typed_config"]
-                hcm.pop("rds", None)
-                hcm["route_config"] = route_config
+                if "rds" in hcm:
+                    hcm["route_config"] = route_configs[hcm.pop("rds")["route_config_name"]]
     if "cds" in files:
         boot["static_resources"]["clusters"] = boot["static_resources"].get("clusters", []) + [
             {k: v for k, v in x.items() if k != "@type"} for x in files["cds"]["resources"]

@@ -58,11 +58,12 @@ from workbench.backends.capabilities import (
     resilience_needs,
     route_needs,
 )
+from workbench.backends.local import ambient as am
 from workbench.backends.local import envoy as ev
 from workbench.backends.local import prometheus as prom
 from workbench.backends.local.app import CALLER_HEADER
 from workbench.backends.local.certs import make_certs
-from workbench.backends.local.layout import LOADGEN, MODE_CAPABILITIES, Layout, Mode, plan
+from workbench.backends.local.layout import AMBIENT, LOADGEN, MODE_CAPABILITIES, Layout, Mode, plan
 from workbench.backends.local.procs import Managed, MeshProcessError, Supervisor, http_ok, wait_ready
 from workbench.backends.local.topology import Behaviour, Topology, load_topology
 from workbench.backends.traffic import CircuitBreaker, Fault, Policy, Retries, Route
@@ -134,6 +135,7 @@ class LocalMesh:
         telemetry: bool = True,
         tracing: float | None = None,
         tracer: str = "opentelemetry",
+        waypoint: str = "service",
     ):
         self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.mode: Mode = mode
@@ -152,6 +154,7 @@ class LocalMesh:
         if tracer not in ("opentelemetry", "zipkin"):
             raise BackendError(f"tracer must be opentelemetry or zipkin (got {tracer!r})")
         self.sampling, self.tracer = tracing, tracer
+        self.waypoint = waypoint  # ambient-waypoint: a waypoint per "service" or one per "namespace"
         self.layout: Layout | None = None
         self.supervisor = Supervisor(self.run_dir / "logs", detached=detached)
         self.traffic: dict[str, ev.TrafficPolicy] = {
@@ -192,7 +195,7 @@ class LocalMesh:
         """Start apps, sidecars and Prometheus; return once all answer (or raise, naming who didn't)."""
         prometheus_bin, promtool = _require("prometheus"), _require("promtool")
         self.layout = layout = plan(
-            self.topology, self.mode, self.run_dir, self.concurrency, self.loadgen_concurrency
+            self.topology, self.mode, self.run_dir, self.concurrency, self.loadgen_concurrency, self.waypoint
         )
         if not self.detached:  # a detached mesh (`workbench local up`) outlives this process
             atexit.register(self.stop)
@@ -213,8 +216,7 @@ class LocalMesh:
                 labels={"kind": "prometheus"},
             )
         if layout.mtls:
-            identities = [*self.topology.services, LOADGEN]
-            self.certs = make_certs(self.run_dir / "certs", identities)
+            self.certs = make_certs(self.run_dir / "certs", layout.identities(list(self.topology.services)))
         self._write_all_envoy_files()
         py = sys.executable
         receiver = self._start_receiver() if self.sampling is not None else None
@@ -360,21 +362,27 @@ class LocalMesh:
             self._need([Capability.FAULT], "client-side fault injection")
         elif self.mode == "none":
             raise BackendError("server-side fault injection needs sidecars: mode 'none' has none")
+        elif self.mode == "ambient":
+            self._need([Capability.FAULT], "server-side fault injection")
         policy = self._policy(service)
         before = _fault_record(policy.fault, policy.fault_at)
         with self._lock:
             was_server = policy.fault is not None and policy.fault_at == "server"
             policy.fault, policy.fault_at = fault, at
             writes: Writes = []
-            if self._layout().has_outbound:
-                writes += self._apply_routes(callee=service)
-            if was_server or (fault is not None and at == "server"):
-                writes += self._apply_inbound(service)
+            if self._layout().waypoints:  # one proxy injects both kinds (server-side: after its router)
+                writes += self._apply_routes(callee=service, clusters=True)
+            else:
+                if self._layout().has_outbound:
+                    writes += self._apply_routes(callee=service)
+                if was_server or (fault is not None and at == "server"):
+                    writes += self._apply_inbound(service)
         self._record("fault", service, before, _fault_record(fault, at))
         return writes
 
     def set_policy(self, policy: Policy | None, service: str | None = None) -> Writes:
-        """Authorization on a service's inbound sidecars; None (with ``service``) removes it."""
+        """Authorization on a service's inbound sidecars (ambient: its node proxy's HBONE side, by
+        caller identity; ambient-waypoint: its waypoint); None (with ``service``) removes it."""
         self._sync()
         self._need(policy_needs(policy), "authorization")
         target = policy.service if policy is not None else service
@@ -456,6 +464,8 @@ class LocalMesh:
     def _apply_sampling(self, percent: float) -> None:
         layout = self._layout()
         for sc in layout.sidecars:  # Envoy reads this runtime value as a whole percentage
+            if sc.direction not in ("inbound", "outbound"):  # node proxies and waypoints do not trace
+                continue
             url = f"http://127.0.0.1:{sc.admin_port}/runtime_modify"
             resp = requests.post(url, params={"tracing.random_sampling": str(round(percent))}, timeout=5)
             if resp.status_code != 200:
@@ -522,6 +532,8 @@ class LocalMesh:
         self._policy(service)
         if layout.has_outbound:
             urls: tuple[str, ...] = (f"http://127.0.0.1:{layout.outbound[LOADGEN].listen_port}",)
+        elif layout.ambient:  # the load generator's pod: its node proxy's capture ports
+            urls = tuple(layout.tunnel_urls(LOADGEN, service))
         elif layout.mode == "serveronly":
             urls = tuple(f"http://127.0.0.1:{sc.listen_port}" for sc in layout.inbound[service].values())
         else:
@@ -558,17 +570,23 @@ class LocalMesh:
         rss = {p.name: _rss_mib(p.pid) for p in self.supervisor.procs if p.labels.get("kind") == "envoy"}
         result.meta["process_rss_mib"] = rss
         result.meta["proxy_cost"] = self._proxy_cost(result, service, rss)
+        if self.mode in AMBIENT:  # L4 proxies log tunnels, not requests: the count follows from the calls
+            calls = self.topology.calls_per_request(service)
+            result.meta["node_proxy_traversals_per_request"] = 2 * calls  # caller's and callee's node proxy
         if workdir is None:  # the samples live on in the result; the raw CSV would only pile up
             shutil.rmtree(work, ignore_errors=True)
         return result
 
     def _proxy_cost(self, result: LoadResult, service: str, rss: dict[str, float]) -> dict[str, float]:
-        """The sidecars' CPU over the measured phase and RSS after it (istio/tools' columns):
-        ``cpu_cores``/``rss_mib`` of all sidecars, ``*_client`` of the load generator's sidecar,
-        ``*_server`` of ``service``'s inbound sidecars, and ``cpu_mcores_per_1000rps``. Measured
+        """The proxies' CPU over the measured phase and RSS after it (istio/tools' columns):
+        ``cpu_cores``/``rss_mib`` of all proxies, ``*_client`` of the load generator's sidecar,
+        ``*_server`` of ``service``'s inbound sidecars, in the ambient modes ``*_node`` of the node
+        proxies and ``*_waypoint`` of the waypoints, and ``cpu_mcores_per_1000rps``. Measured
         directly (psutil), so it needs none of the workbench's telemetry."""
         cores = (result.meta.get("host") or {}).get("process_cores") or {}
         groups: dict[str, list[Managed]] = {"": [], "_client": [], "_server": []}
+        if self.mode in AMBIENT:
+            groups.update({"_node": [], "_waypoint": []})
         for p in self.supervisor.procs:
             if p.labels.get("kind") != "envoy":
                 continue
@@ -577,6 +595,8 @@ class LocalMesh:
                 groups["_client"].append(p)
             elif p.labels.get("service") == service and p.labels.get("direction") == "inbound":
                 groups["_server"].append(p)
+            if p.labels.get("direction") in ("node", "waypoint"):
+                groups["_" + p.labels["direction"]].append(p)
         out: dict[str, float] = {}
         for suffix, procs in groups.items():
             found = [p for p in procs if p.name in cores]
@@ -615,6 +635,9 @@ class LocalMesh:
         if layout.has_outbound:
             key = LOADGEN if caller == LOADGEN else self._outbound_key(caller)
             url = f"http://127.0.0.1:{layout.outbound[key].listen_port}{path}"
+        elif layout.ambient:
+            key = LOADGEN if caller == LOADGEN else self._outbound_key(caller)
+            url = random.choice(layout.tunnel_urls(key, service)) + path
         else:
             url = random.choice(self.load_target(service).urls) + path  # any version, as kube-proxy
         headers = {"Host": service, CALLER_HEADER: caller}
@@ -626,13 +649,19 @@ class LocalMesh:
         self, service: str, probes: list[Probe], attempts: int = 3, timeout_s: float = 5.0
     ) -> list[list[Answer]]:
         """Each probe ``attempts`` times through its caller's own sidecar (``request_as``). A 403 is the
-        proxy's denial when Envoy's RBAC filter says so, or when the app did not answer it."""
+        proxy's denial when Envoy's RBAC filter says so, or when the app did not answer it. In mode
+        ambient the callee's node proxy refuses a denied caller's tunnel, so the connection is reset
+        without an answer: that is its denial (as ztunnel's)."""
+        reset_is_denial = self.mode == "ambient"
         out = []
         for probe in probes:
             answers = []
             for _ in range(attempts):
                 try:
                     resp = self.request_as(probe.caller, service, probe.path, probe.method, timeout=timeout_s)
+                except requests.ConnectionError as exc:
+                    answers.append(Answer(0, reset_is_denial, f"{type(exc).__name__}: {exc}"[:200]))
+                    continue
                 except requests.RequestException as exc:
                     answers.append(Answer(0, False, f"{type(exc).__name__}: {exc}"[:200]))
                     continue
@@ -689,8 +718,8 @@ class LocalMesh:
         tracing = state.get("tracing") or {}
         mesh = cls(mode=layout.mode, topology=Topology(**state["topology"]), run_dir=run_dir, detached=True,
                    audit_log=state.get("audit_log"), telemetry=state.get("telemetry", True),
-                   tracing=tracing.get("sampling"),
-                   tracer=tracing.get("tracer", "opentelemetry"))  # fmt: skip
+                   tracing=tracing.get("sampling"), tracer=tracing.get("tracer", "opentelemetry"),
+                   waypoint=layout.waypoint_scope)  # fmt: skip
         mesh.layout = layout
         for proc in state["processes"]:
             mesh.supervisor.adopt(proc)
@@ -703,7 +732,7 @@ class LocalMesh:
             certs_dir = run_dir / "certs"
             mesh.certs = {
                 i: CertFiles(certs_dir / f"{i}.pem", certs_dir / f"{i}-key.pem", certs_dir / "ca.pem")
-                for i in [*mesh.topology.services, LOADGEN]
+                for i in layout.identities(list(mesh.topology.services))
             }
         return mesh
 
@@ -742,33 +771,55 @@ class LocalMesh:
             tracing = ev.Tracing(layout.traces_port, self.sampling, self.tracer)
         return ev.MeshView(layout.inbound_ports(), self.traffic, self.policies, self.certs, tracing)
 
+    def _render(self, sc: ev.Sidecar, view: ev.MeshView) -> dict[str, Any]:
+        """One Envoy's files: a sidecar's (``envoy``) or a node proxy's or waypoint's (``ambient``)."""
+        if sc.direction in ("node", "waypoint"):
+            return am.rendered(sc, view, self._layout())
+        return ev.rendered(sc, view)
+
     def _write_all_envoy_files(self) -> None:
         view = self._view()
         for sc in self._layout().sidecars:
             sc.directory.mkdir(parents=True, exist_ok=True)
-        configs = {sc.name: ev.rendered(sc, view) for sc in self._layout().sidecars}
+        configs = {sc.name: self._render(sc, view) for sc in self._layout().sidecars}
         if configs:
             ev.validate(self._envoy, configs, self.run_dir / "validate")
         for sc in self._layout().sidecars:
-            for kind in ("cds", "rds", "bootstrap"):
+            for kind in ("cds", "rds", "srds", "bootstrap"):
                 if kind in configs[sc.name]:
                     ev.write_atomic(sc.path(kind), configs[sc.name][kind])
 
     def _apply_routes(self, callee: str, clusters: bool = False) -> Writes:
-        """Re-render, validate and swap in the outbound route (and cluster) files calling ``callee``."""
+        """Re-render, validate and swap in the route (and cluster) files of the proxies that apply
+        traffic policy to calls to ``callee``: its callers' outbound sidecars, or its waypoint."""
         view = self._view()
-        targets = [sc for sc in self._layout().outbound.values() if callee in sc.callees]
-        configs = {sc.name: ev.rendered(sc, view) for sc in targets}
+        layout = self._layout()
+        if layout.waypoints:
+            targets = [layout.waypoint_for(callee)]
+            kinds: tuple[str, ...] = am.ROUTE_FILES["waypoint"]
+            kinds = ("cds", *kinds) if clusters else kinds
+        else:
+            targets = [sc for sc in layout.outbound.values() if callee in sc.callees]
+            kinds = ("cds", "rds") if clusters else ("rds",)
+        configs = {sc.name: self._render(sc, view) for sc in targets}
         ev.validate(self._envoy, configs, self.run_dir / "validate")
-        kinds = ("cds", "rds") if clusters else ("rds",)
         return self._swap(targets, configs, kinds)
 
     def _apply_inbound(self, service: str) -> Writes:
+        """Re-render the routes of the proxies that authorize calls to ``service``: its inbound
+        sidecars, its node proxy (ambient) or its waypoint (ambient-waypoint)."""
         view = self._view()
-        targets = list(self._layout().inbound[service].values())
-        configs = {sc.name: ev.rendered(sc, view) for sc in targets}
+        layout = self._layout()
+        if layout.waypoints:
+            targets = [layout.waypoint_for(service)]
+        elif layout.ambient:
+            targets = [layout.node_proxies[layout.nodes[service]]]
+        else:
+            targets = list(layout.inbound[service].values())
+        configs = {sc.name: self._render(sc, view) for sc in targets}
         ev.validate(self._envoy, configs, self.run_dir / "validate")
-        return self._swap(targets, configs, ("rds",))
+        kinds = am.ROUTE_FILES.get(targets[0].direction, ("rds",))
+        return self._swap(targets, configs, kinds)
 
     def _swap(self, targets: list[ev.Sidecar], configs: dict[str, Any], kinds: tuple[str, ...]) -> Writes:
         """Write files atomically, then wait until every Envoy reports the update applied; return
@@ -803,6 +854,8 @@ class LocalMesh:
         for callee in self.topology.services[service].calls:
             if layout.has_outbound:
                 urls = [f"http://127.0.0.1:{layout.outbound[f'{service}-{version}'].listen_port}"]
+            elif layout.ambient:  # the pod's node proxy captures its calls
+                urls = layout.tunnel_urls(f"{service}-{version}", callee)
             elif layout.mode == "serveronly":
                 urls = [f"http://127.0.0.1:{sc.listen_port}" for sc in layout.inbound[callee].values()]
             else:
@@ -837,7 +890,12 @@ class LocalMesh:
                 "direction": sc.direction,
                 "sidecar": sc.name,
                 "mesh_mode": self.mode,
+                "role": role(sc),
             }
+            if sc.node:
+                labels["node"] = sc.node
+            if sc.direction == "waypoint":  # its clusters' calls come from many callers, not from it
+                labels.update(service="", waypoint_for=sc.service or "namespace")
             targets.append(prom.ScrapeTarget("envoy", sc.admin_port, labels, "/stats/prometheus"))
         return targets
 
@@ -903,8 +961,14 @@ def _rss_mib(pid: int) -> float:
         return math.nan
 
 
+def role(sc: ev.Sidecar) -> str:
+    """What an Envoy is in the data plane: ``sidecar``, ``node proxy`` or ``waypoint``."""
+    return {"node": "node proxy", "waypoint": "waypoint"}.get(sc.direction, "sidecar")
+
+
 def _labels(sc: ev.Sidecar) -> dict[str, str]:
-    return {"kind": "envoy", "service": sc.service, "version": sc.version, "direction": sc.direction}
+    return {"kind": "envoy", "service": sc.service, "version": sc.version, "direction": sc.direction,
+            "role": role(sc)}  # fmt: skip
 
 
 def _sigterm_to_exit(signum: int, frame: Any) -> None:
@@ -913,7 +977,8 @@ def _sigterm_to_exit(signum: int, frame: Any) -> None:
 
 def _update_counts(sc: ev.Sidecar, kinds: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     """(successes, rejections+failures) of the RDS/CDS subscriptions, from the admin endpoint."""
-    prefixes = {"rds": f"http.{sc.direction}.rds.{sc.direction}.", "cds": "cluster_manager.cds."}
+    prefixes = {"rds": f"http.{sc.direction}.rds.{sc.direction}.", "cds": "cluster_manager.cds.",
+                **am.route_prefixes(sc)}  # fmt: skip
     text = requests.get(
         f"http://127.0.0.1:{sc.admin_port}/stats", params={"filter": "update_"}, timeout=2
     ).text

@@ -4,7 +4,8 @@ Envoy reports no CPU of its own, yet proxy cost (cores and RSS per 1000 rps, as 
 ``cpu_mili_avg_*`` / ``mem_Mi_avg_*``) is half of the mesh-overhead question. This small process
 reads the mesh's process list (``pids.json``) at every scrape and exports, per process:
 
-- ``workbench_process_cpu_seconds_total{process, kind, service, version, direction}``
+- ``workbench_process_cpu_seconds_total{process, kind, service, version, direction, role}``
+  (``role`` of an Envoy: ``sidecar``, ``node proxy`` or ``waypoint``)
 - ``workbench_process_resident_memory_bytes{...}``
 
 Run as ``python -m workbench.backends.local.procstats PIDS.json PORT``.
@@ -24,7 +25,7 @@ import psutil
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-LABELS = ("process", "kind", "service", "version", "direction")
+LABELS = ("process", "kind", "service", "version", "direction", "role")
 
 
 class ProcessCollector:

@@ -13,6 +13,9 @@ from workbench.units import Strict
 DEMO = files("workbench.backends.local").joinpath("demo_topology.yaml")
 ServiceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")]
 VersionName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,20}$")]
+NodeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")]
+# Simulated nodes of the ambient modes: a service without ``node:`` goes to these in turn.
+DEFAULT_NODES = ("node-1", "node-2")
 
 
 class Behaviour(Strict):
@@ -27,6 +30,8 @@ class Behaviour(Strict):
 class ServiceSpec(Strict):
     calls: list[ServiceName] = Field(default_factory=list)
     versions: Annotated[dict[VersionName, Behaviour], Field(min_length=1)]
+    # The simulated node its pods run on (the ambient modes' node proxies); default: DEFAULT_NODES in turn
+    node: NodeName | None = None
 
 
 class Topology(Strict):
@@ -65,6 +70,21 @@ class Topology(Strict):
 
     def callers_of(self, service: str) -> list[str]:
         return [n for n, s in self.services.items() if service in s.calls]
+
+    def nodes(self) -> dict[str, str]:
+        """Service -> the simulated node its pods run on: its ``node:``, else the ``DEFAULT_NODES``
+        in turn in listing order (so the demo's calls cross nodes)."""
+        unplaced = iter(range(len(self.services)))
+        return {
+            name: spec.node or DEFAULT_NODES[next(unplaced) % len(DEFAULT_NODES)]
+            for name, spec in self.services.items()
+        }
+
+    def calls_per_request(self, service: str | None = None) -> int:
+        """Calls one request entering ``service`` (default: the entry) makes in all, itself included:
+        every service calls all its callees for every request."""
+        name = service or self.entry()
+        return 1 + sum(self.calls_per_request(c) for c in self.services[name].calls)
 
 
 def load_topology(path: str | Path | None = None) -> Topology:
