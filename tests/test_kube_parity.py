@@ -170,7 +170,6 @@ def _policy(mesh: str) -> tuple[Any, str, str]:
     }[mesh]
 
 
-@pytest.mark.beside  # verdicts, objects and files, not figures
 def test_meshes_in_two_contexts_compare_by_trials_as_replicates(
     kube_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
