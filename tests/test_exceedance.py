@@ -74,6 +74,8 @@ def test_a_p99_regression_in_a_five_percent_canary_rolls_back_on_the_exceedances
     assert last.action == "rollback" and (last.window + 1) * 5.0 <= 60.0, [d.action for d in looks]
     p99 = last.comparison["p99"]
     assert p99.verdict == "worse" and "tail-exceedance test" in p99.method
+    if p99.ci.low <= p99.margin:  # the interval alone does not decide: the sentence says what did
+        assert "the tail-exceedance test decides: " in p99.explain() and "beyond the" not in p99.explain()
     healthy = AnytimeTest(metrics=("p99", "error_rate"), window=5.0)
     assert all(
         d.action == "continue" for d in healthy.look_each_window(*window_tables(a, b, 5.0, exceed=Margin()))

@@ -62,7 +62,7 @@ def test_key_figures_join_interval_and_verdict_and_never_show_raw_floats() -> No
         "requests_v1": 7935, "delta_p50": 2.1234567, "delta_p50_ci": [2.0123, 2.2456], "verdict_p50": "worse",
         "success_pct_none": 79.94123, "success_ci_none": [78.14943548181594, 81.65579224453437],
         "p50_estimate": 0.1, "p50_ci": [-0.2, 0.4], "p50_verdict": "equivalent", "final_split": {"v3": 100},
-        "direct_covered_p50": True,
+        "direct_covered_p50": True, "direct_delta_p50": 2.45, "direct_delta_p50_ci": [2.1, 2.8],
     }  # fmt: skip
     shown = dict(n.key_figures(figures))
     assert shown == {
@@ -72,6 +72,7 @@ def test_key_figures_join_interval_and_verdict_and_never_show_raw_floats() -> No
         "p50 estimate": "+100 µs [−200, +400] equivalent",
         "final split": "v3 100 %",
         "direct covered p50": "yes",
+        "direct Δp50": "+2.5 ms [+2.1, +2.8]",
     }
     assert not any(re.search(r"\d\.\d{4,}", t) for t in shown.values())
 

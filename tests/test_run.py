@@ -49,8 +49,13 @@ def test_known_effect_is_worse_and_its_interval_covers_the_direct_measurement(qu
     lo, hi = r["figures"]["delta_p50_ci"]
     truth = r["figures"]["direct_delta_p50"]
     assert lo > 1.0  # beyond the 1 ms margin: the +2 ms is seen
-    assert lo <= truth <= hi, (lo, truth, hi)
-    assert r["figures"]["direct_covered_p50"] is True
+    assert 1.0 < truth < 4.0, truth  # the apps' +2 ms, measured without sidecars
+    # the direct run is a measurement with its own noise: the two agree when the interval of their
+    # difference holds 0 (a point inside the other's interval ignores that noise; CI14 had
+    # [2.49, 3.61] against a direct 2.45)
+    d_lo, d_hi = r["figures"]["direct_delta_p50_ci"]
+    assert d_lo <= hi and lo <= d_hi, ((lo, hi), (d_lo, d_hi))  # needed for agreement
+    assert r["figures"]["direct_agrees_p50"] is True, ((lo, hi), truth, (d_lo, d_hi))
 
 
 def test_aa_is_not_worse(quick_run: Run) -> None:

@@ -24,6 +24,7 @@ from workbench.load import storage
 from workbench.load.results import LoadProfile, LoadResult
 from workbench.report.plots import COLOURS, add_markers, interval_chart, latency_cdf, styled
 from workbench.stats.compare import Comparison, compare
+from workbench.stats.interval import ConfidenceInterval, difference
 
 SEVERITY = VERDICT_SEVERITY
 
@@ -139,7 +140,9 @@ def analyse(s: Session) -> ExperimentResult:
     if truth is not None:
         for metric, row in truth.iterrows():
             figures[f"direct_delta_{metric}"] = row["direct_estimate"]
+            figures[f"direct_delta_{metric}_ci"] = [row["direct_ci_low"], row["direct_ci_high"]]
             figures[f"direct_covered_{metric}"] = bool(row["covered"])
+            figures[f"direct_agrees_{metric}"] = bool(row["agrees"])
     tables = {"comparison": frame, "percentiles": _percentiles(arms, (base, cand))}
     if truth is not None:
         tables["truth"] = truth
@@ -161,7 +164,12 @@ def _audit(s: Session, res: LoadResult) -> dict[str, Any]:
 
 
 def _truth(s: Session, frame: pd.DataFrame) -> pd.DataFrame | None:
-    """The direct (sidecar-free) difference per metric and whether the A/B interval covers it."""
+    """The direct (sidecar-free) difference per metric, and whether the A/B agrees with it.
+
+    The direct run is a measurement too, with its own noise: ``agrees`` asks whether the interval of
+    (A/B estimate - direct estimate) holds 0 (``interval.difference``, both at the comparison's
+    level); ``covered`` (the direct point inside the A/B interval) is kept as information only.
+    """
     path = s.store / "direct.json"
     if not path.exists():
         return None
@@ -171,10 +179,12 @@ def _truth(s: Session, frame: pd.DataFrame) -> pd.DataFrame | None:
         return None
     rows = []
     for r in comp:
-        lo, hi = frame.loc[r.metric, "ci_low"], frame.loc[r.metric, "ci_high"]
+        ab = ConfidenceInterval(frame.loc[r.metric, "ci_low"], frame.loc[r.metric, "ci_high"])
+        gap, gap_ci = difference(frame.loc[r.metric, "estimate"], ab, r.estimate, r.ci)
         rows.append({"metric": r.metric, "direct_estimate": r.estimate, "direct_ci_low": r.ci.low,
-                     "direct_ci_high": r.ci.high, "ab_ci_low": lo, "ab_ci_high": hi,
-                     "covered": bool(lo <= r.estimate <= hi)})  # fmt: skip
+                     "direct_ci_high": r.ci.high, "ab_ci_low": ab.low, "ab_ci_high": ab.high,
+                     "ab_minus_direct": gap, "gap_ci_low": gap_ci.low, "gap_ci_high": gap_ci.high,
+                     "agrees": gap_ci.contains(0.0), "covered": ab.contains(r.estimate)})  # fmt: skip
     return pd.DataFrame(rows).set_index("metric")
 
 

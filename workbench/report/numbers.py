@@ -294,10 +294,12 @@ def is_signed(name: str) -> bool:
 
 
 def label(name: str) -> str:
-    """A figure name for people: ``delta_p50_both_c16`` -> ``Δp50 both c16``."""
+    """A figure name for people: ``delta_p50_both_c16`` -> ``Δp50 both c16``,
+    ``direct_delta_p50`` -> ``direct Δp50``."""
     words = [LABELS.get(t, t) for t in name.split("_") if t and t not in UNIT_WORDS]
-    if words and words[0] == "delta":
-        words = [f"Δ{words[1]}", *words[2:]] if len(words) > 1 else ["Δ"]
+    if "delta" in words:
+        i = words.index("delta")
+        words[i : i + 2] = [f"Δ{words[i + 1]}"] if i + 1 < len(words) else ["Δ"]
     return " ".join(words)
 
 

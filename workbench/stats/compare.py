@@ -127,6 +127,10 @@ class MetricResult:
                      if "score interval decides" in self.method
                      else "between-window variance of the error counts")  # fmt: skip
             how = f" ({self.n_windows} windows; {basis})"
+        if self.verdict == "worse" and lo <= self.margin and "tail-exceedance test (" in self.method:
+            # decided by the exceedance evidence (stats/exceedance.py), not by this interval: say so
+            share = self.method.split("tail-exceedance test (", 1)[1].split(",", 1)[0]
+            reading = f"the tail-exceedance test decides: {share}"
         return f"{name} {direction} {size}{interval}{rel}{how}, {reading}: {self.verdict}".replace("  ", " ")
 
 
