@@ -32,14 +32,15 @@ pytestmark = [
 ]
 
 # What each mesh cannot run of the default suite, and the words the refusal must carry.
+# The local mesh's data plane modes (sidecars and ambient) are the local mesh's: refused on every mesh,
+# the optional ambient-overhead included (validation reads every experiment, optional or not).
 TRACES = {"request-flows": "set backend.traces"}  # no Jaeger or Tempo is given: nothing to read traces from
+MODES = {"sidecar-overhead": "sidecar modes", "ambient-overhead": "sidecar modes"}
 REFUSED = {
-    "istio": {"sidecar-overhead": "sidecar modes", **TRACES},
-    "linkerd": {"sidecar-overhead": "sidecar modes", "pricing-faults": "Linkerd has no fault injection",
-                **TRACES},
-    "consul": {"sidecar-overhead": "sidecar modes", "pricing-faults": "Consul has no fault injection",
-               **TRACES},
-    "gateway-api": {"sidecar-overhead": "sidecar modes", "ratings-authz": "Gateway API has no authorization",
+    "istio": {**MODES, **TRACES},
+    "linkerd": {**MODES, "pricing-faults": "Linkerd has no fault injection", **TRACES},
+    "consul": {**MODES, "pricing-faults": "Consul has no fault injection", **TRACES},
+    "gateway-api": {**MODES, "ratings-authz": "Gateway API has no authorization",
                     "pricing-faults": "Gateway API has no fault injection", **TRACES},
 }  # fmt: skip
 VS = "networking.istio.io/v1/virtualservices"

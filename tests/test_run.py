@@ -32,14 +32,19 @@ def test_quick_suite_runs_every_experiment_and_gates_on_the_known_worse_ab(quick
     # the sweep's SLO verdict depends on the machine's capacity; the A/A must never reach the gate
     assert "catalog-v2-ab" in reached and "reviews-aa" not in reached, gate
     assert f"report: {quick_run.reports / 'index.html'}" in quick_run.proc.stdout
-    names = [
-        e["name"] for e in yaml.safe_load((quick_run.root / "experiments.yaml").read_text())["experiments"]
-    ]
+    experiments = yaml.safe_load((quick_run.root / "experiments.yaml").read_text())["experiments"]
+    names = [e["name"] for e in experiments if not e.get("optional")]
     for name in names:
         result = quick_run.result(name)
         assert result["status"] == "ok", (name, result.get("error"))
         assert result["verdict"] and result["headline"]
         assert (quick_run.data / f"{name}.ipynb").exists()
+    # optional experiments run only when named (--only): none of them ran, nor shows in run.json
+    optional = [e["name"] for e in experiments if e.get("optional")]
+    assert optional, "the default suite has an optional experiment (ambient-overhead)"
+    ran = json.loads((quick_run.data / "run.json").read_text())["experiments"]
+    for name in optional:
+        assert not (quick_run.data / name).exists() and name not in ran, name
 
 
 def test_known_effect_is_worse_and_its_interval_covers_the_direct_measurement(quick_run: Run) -> None:
