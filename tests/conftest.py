@@ -73,7 +73,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # Kubernetes fixtures (contract API and kmock emulator), defined in tests/kube.py.
-from kube import kube_api, kube_emulator, writer  # noqa: E402, F401
+from kube import api, kube_api, kube_emulator, writer  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -361,6 +361,56 @@ FLAVOUR_SIDECARS: dict[str, tuple[str | None, str]] = {
     "consul": ("consul-dataplane", "hashicorp/consul-dataplane:1.4.1"),
     "gateway-api": (None, ""),
 }
+ZTUNNEL_IMAGE = "docker.io/istio/ztunnel:1.24.2"
+
+
+def daemonset_obj(
+    name: str, namespace: str, image: str, labels: dict[str, str], nodes: int = 2, ready: int = 2
+) -> dict[str, Any]:
+    """A DaemonSet with ``ready`` of ``nodes`` pods ready (Istio's ztunnel: one per node)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": _meta(name, namespace, dict(labels), generation=1),
+        "spec": {
+            "selector": {"matchLabels": dict(labels)},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": [_container(
+                "istio-proxy", image)]}},
+            "updateStrategy": {"type": "RollingUpdate"},
+        },
+        "status": {"currentNumberScheduled": nodes, "desiredNumberScheduled": nodes, "numberMisscheduled": 0,
+                   "numberReady": ready, "numberAvailable": ready, "observedGeneration": 1},
+    }  # fmt: skip
+
+
+def ambient_objects(waypoint: bool = True, programmed: bool = True) -> list[dict[str, Any]]:
+    """The demo cluster in Istio's ambient mode: namespace shop labelled istio.io/dataplane-mode=ambient
+    (and, with ``waypoint``, istio.io/use-waypoint=waypoint), pods without sidecars, per-version
+    Services (an HTTPRoute's backends), ztunnel's DaemonSet in istio-system and the waypoint Gateway
+    (class istio-waypoint; ``programmed``: its status says so)."""
+    from workbench.backends.kubernetes.istio_ambient import waypoint_gateway
+
+    labels = {
+        "istio.io/dataplane-mode": "ambient",
+        **({"istio.io/use-waypoint": "waypoint"} if waypoint else {}),
+    }
+    objs = [o for o in flavour_objects("gateway-api") if o["kind"] != "Namespace"]
+    objs += [
+        namespace_obj(NAMESPACE, labels),
+        daemonset_obj("ztunnel", "istio-system", ZTUNNEL_IMAGE, {"app": "ztunnel"}),
+    ]
+    if waypoint:
+        gateway = waypoint_gateway(NAMESPACE)
+        gateway["metadata"] = _meta("waypoint", NAMESPACE, gateway["metadata"]["labels"], generation=1)
+        status = "True" if programmed else "False"
+        gateway["status"] = {"conditions": [
+            {"type": t, "status": status, "reason": t if programmed else "Pending", "message": "",
+             "lastTransitionTime": CREATED, "observedGeneration": 1} for t in ("Accepted", "Programmed")
+        ]}  # fmt: skip
+        objs.append(gateway)
+    return objs
+
+
 ISTIO_OBJECTS = [
     ("apps/v1/deployments", "istio-system", "istiod"),
     ("v1/pods", "istio-system", "istiod-6d4f9c7b8-q2x7p"),
@@ -470,6 +520,32 @@ class KubeAPI:
 
 
 @pytest.fixture
+def api(httpserver: Any) -> Any:
+    """An ApiClient configured like one from a kubeconfig with a bearer token, on pytest-httpserver."""
+    import kubernetes.client
+
+    cfg = kubernetes.client.Configuration(host=httpserver.url_for("").rstrip("/"))
+    cfg.api_key = {"BearerToken": f"Bearer {TOKEN}"}
+    cfg.retries = 0
+    return kubernetes.client.ApiClient(cfg)
+
+
+def expect_apply(httpserver: Any, path: str, manifest: dict[str, Any]) -> None:
+    """One ordered server-side apply of ``manifest`` at ``path``: exact verb, query, headers and body."""
+    httpserver.expect_ordered_request(
+        path,
+        method="PATCH",
+        query_string="fieldManager=mesh-workbench&force=false",
+        headers={
+            "Content-Type": "application/apply-patch+yaml",
+            "Authorization": f"Bearer {TOKEN}",
+            "Accept": "application/json",
+        },
+        json=manifest,
+    ).respond_with_json({**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "7"}})
+
+
+@pytest.fixture
 def writer(httpserver: Any) -> Iterator[Any]:
     """A ``Writer`` on pytest-httpserver (context ``test-ctx``, bearer token ``fake-token-123``), for
     contract tests of code that takes a Writer."""
@@ -523,6 +599,7 @@ RESOURCES: list[tuple[str, str, bool]] = [
     ("apps/v1/deployments", "Deployment", True),
     ("apps/v1/replicasets", "ReplicaSet", True),
     ("apps/v1/statefulsets", "StatefulSet", True),
+    ("apps/v1/daemonsets", "DaemonSet", True),
     ("batch/v1/jobs", "Job", True),
 ]
 MESH_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
@@ -536,7 +613,10 @@ MESH_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
         ("security.istio.io/v1/peerauthentications", "PeerAuthentication", True),
         ("security.istio.io/v1beta1/peerauthentications", "PeerAuthentication", True),
     ],
-    "gateway-api": [("gateway.networking.k8s.io/v1/httproutes", "HTTPRoute", True)],
+    "gateway-api": [
+        ("gateway.networking.k8s.io/v1/httproutes", "HTTPRoute", True),
+        ("gateway.networking.k8s.io/v1/gateways", "Gateway", True),
+    ],
     "linkerd": [
         ("policy.linkerd.io/v1beta3/httproutes", "HTTPRoute", True),
         ("policy.linkerd.io/v1beta1/servers", "Server", True),
@@ -755,9 +835,12 @@ class KubeEmulator:
         self._call(drop)
 
     def flavour(self, mesh: str) -> None:
-        """Make the demo cluster a ``mesh`` one (istio, linkerd, consul, gateway-api): see
-        ``flavour_objects``; Istio's control plane goes away for the others."""
+        """Make the demo cluster a ``mesh`` one (istio, istio-ambient, linkerd, consul, gateway-api): see
+        ``flavour_objects`` and ``ambient_objects``; Istio's control plane goes away for the others."""
         if mesh == "istio":
+            return
+        if mesh == "istio-ambient":  # Istio's control plane stays; its data plane is ztunnel + waypoint
+            self.put(*ambient_objects())
             return
         self.remove(*ISTIO_OBJECTS)
         self.put(*flavour_objects(mesh))

@@ -137,11 +137,45 @@ BUILDINFO = {
 TOKEN = "fake-token-5e1f0c-never-print-me"
 
 
+def _serve_ambient_istio(httpserver: HTTPServer) -> None:
+    """The reads of doctor's mesh check: istiod and ztunnel in istio-system, no Linkerd or Consul, and
+    namespace shop in ambient mode with a programmed waypoint."""
+    from kube import ambient_objects, deployment_obj, status_obj
+
+    def items(kind: str, objs: list[dict[str, object]], api_version: str) -> dict[str, object]:
+        return {"apiVersion": api_version, "kind": f"{kind}List", "metadata": {}, "items": objs}
+
+    istiod = deployment_obj("istiod", "", "istio-system", image="docker.io/istio/pilot:1.24.2",
+                            labels={"app": "istiod"}, container="discovery")  # fmt: skip
+    ambient = {o["kind"]: o for o in ambient_objects()}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    httpserver.expect_request("/apis/apps/v1/namespaces/istio-system/deployments", method="GET", headers=auth,
+                              query_string="labelSelector=app%3Distiod").respond_with_json(
+        items("Deployment", [istiod], "apps/v1"))  # fmt: skip
+    httpserver.expect_request("/apis/apps/v1/namespaces/istio-system/daemonsets/ztunnel").respond_with_json(
+        ambient["DaemonSet"]
+    )
+    for path in ("linkerd/deployments/linkerd-destination", "consul/statefulsets/consul-server",
+                 "consul/deployments/consul-connect-injector"):  # fmt: skip
+        name = path.rsplit("/", 1)[1]
+        httpserver.expect_request(f"/apis/apps/v1/namespaces/{path}").respond_with_json(
+            status_obj(404, "NotFound", f'"{name}" not found', {"name": name}), status=404
+        )
+    httpserver.expect_request("/api/v1/namespaces/shop").respond_with_json(ambient["Namespace"])
+    httpserver.expect_request(
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways"
+    ).respond_with_json(items("Gateway", [ambient["Gateway"]], "gateway.networking.k8s.io/v1"))
+    httpserver.expect_request("/api/v1/namespaces/shop/services").respond_with_json(
+        items("Service", [], "v1")
+    )
+
+
 def test_doctor_kubernetes_reachable(tmp_path: Path, httpserver: HTTPServer) -> None:
-    httpserver.expect_ordered_request(
+    httpserver.expect_request(
         "/version/", method="GET", headers={"Authorization": f"Bearer {TOKEN}"}
     ).respond_with_json(VERSION_INFO)
-    httpserver.expect_ordered_request("/api/v1/status/buildinfo", method="GET").respond_with_json(BUILDINFO)
+    httpserver.expect_request("/api/v1/status/buildinfo", method="GET").respond_with_json(BUILDINFO)
+    _serve_ambient_istio(httpserver)
     kc = _kubeconfig(tmp_path, httpserver.url_for("").rstrip("/"), TOKEN)
     prom = httpserver.url_for("/").rstrip("/")
     res = run_workbench(
@@ -157,6 +191,12 @@ def test_doctor_kubernetes_reachable(tmp_path: Path, httpserver: HTTPServer) -> 
     out = _flat(res.stdout)
     assert "kube context found 'lab'" in out and "Kubernetes v1.30.2" in out
     assert "Prometheus 2.53.0" in out
+    # the mesh, and how namespace shop joins it: Istio ambient, ztunnel ready, the waypoint programmed
+    assert (
+        "mesh found istio: istiod 1.24.2 in istio-system (ready), ztunnel 1.24.2 in istio-system (ready)"
+        in out
+    )
+    assert "data plane found namespace shop: ambient-waypoint, ztunnel 1.24.2 ready; waypoint waypoint" in out
     assert TOKEN not in res.stdout + res.stderr
     httpserver.check_assertions()
 
@@ -164,6 +204,7 @@ def test_doctor_kubernetes_reachable(tmp_path: Path, httpserver: HTTPServer) -> 
 def test_doctor_kubernetes_settings_from_experiments_file(tmp_path: Path, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/version/", method="GET").respond_with_json(VERSION_INFO)
     httpserver.expect_request("/api/v1/status/buildinfo", method="GET").respond_with_json(BUILDINFO)
+    _serve_ambient_istio(httpserver)
     kc = _kubeconfig(tmp_path, httpserver.url_for("").rstrip("/"), TOKEN)
     prom = httpserver.url_for("/").rstrip("/")
     (tmp_path / "experiments.yaml").write_text(
@@ -172,7 +213,8 @@ def test_doctor_kubernetes_settings_from_experiments_file(tmp_path: Path, httpse
     )
     res = run_workbench("doctor", env={"KUBECONFIG": str(kc)}, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "kubernetes backend" in res.stdout
+    assert "kubernetes backend" in res.stdout and "ambient-waypoint" in _flat(res.stdout)
+    httpserver.check_assertions()
 
 
 @pytest.mark.parametrize(("status", "reason"), [(403, "Forbidden"), (401, "Unauthorized")])

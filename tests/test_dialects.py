@@ -22,7 +22,15 @@ import pytest
 import requests
 from pytest_httpserver import HTTPServer
 
-from workbench.metrics.dialects import MAX_POINTS, arm, arm_counts, query_range_chunked, windows
+from workbench.metrics.dialects import (
+    L4_COLUMNS,
+    MAX_POINTS,
+    arm,
+    arm_counts,
+    l4_windows,
+    query_range_chunked,
+    windows,
+)
 from workbench.metrics.histogram import Histogram
 from workbench.metrics.prometheus import Prometheus, PrometheusError
 from workbench.stats.compare import compare
@@ -58,7 +66,11 @@ STREAMS = {
     "linkerd": [Stream("v1", 12, 0.05, 8.0, 0.4), Stream("v2", 4, 0.20, 60.0, 0.5)],
     "envoy": [Stream("v1", 10, 0.04, 15.0, 0.5), Stream("v2", 10, 0.0, 30.0, 0.5)],
     "consul": [Stream("v1", 8, 0.125, 12.0, 0.5), Stream("v2", 2, 0.2, 90.0, 0.4)],
+    "istio-ambient": [Stream("v1", 10, 0.1, 6.0, 0.5), Stream("v2", 5, 0.0, 25.0, 0.5)],  # a waypoint's
 }
+# ztunnel's L4 per scrape interval and edge (ratings version): connections opened (all closed in the
+# same interval), of them closed with a failure flag, bytes each way; plus a sidecar's own TCP report
+L4 = {"v1": (3, 1, 4_000, 12_000), "v2": (2, 0, 1_500, 9_000)}
 
 
 @dataclass
@@ -207,9 +219,40 @@ def _consul_labels(v: str) -> dict[str, str]:
     }  # fmt: skip
 
 
+def _ambient(om: OpenMetrics) -> None:
+    """Istio ambient: the waypoint reports each request once (reporter=waypoint); ztunnel reports L4."""
+    for t in TRAFFIC["istio-ambient"]:
+        v = t.stream.version
+        base = {
+            "reporter": "waypoint", "source_workload": "reviews-v2", "destination_workload": f"ratings-{v}",
+            "destination_service_name": "ratings", "destination_version": v, "response_flags": "-",
+        }  # fmt: skip
+        for code, lat in zip(("503", "200"), _split(t), strict=True):
+            labels = {**base, "response_code": code}
+            om.counter("istio_requests_total", labels, _counts(lat))
+            om.histogram("istio_request_duration_milliseconds", labels, ISTIO_LE, lat)
+    n = (T1 - T0) // SCRAPE
+    for v, (opened, failed, sent, received) in L4.items():
+        for reporter in ("destination", "source"):  # the source's report is not ztunnel's: not read
+            edge = {
+                "reporter": reporter, "source_workload": "reviews-v2", "destination_workload": f"ratings-{v}",
+                "destination_service_name": "ratings", "destination_version": v,
+                "connection_security_policy": "mutual_tls",
+            }  # fmt: skip
+            inc = np.array([0.0] + [1.0] * n)
+            om.counter("istio_tcp_connections_opened_total", edge, opened * inc)
+            om.counter(
+                "istio_tcp_connections_closed_total", {**edge, "response_flags": "-"}, (opened - failed) * inc
+            )
+            om.counter("istio_tcp_connections_closed_total", {**edge, "response_flags": "UF"}, failed * inc)
+            om.counter("istio_tcp_sent_bytes_total", edge, sent * inc)
+            om.counter("istio_tcp_received_bytes_total", edge, received * inc)
+
+
 def _dataset() -> str:
     om = OpenMetrics()
     _istio(om)
+    _ambient(om)
     _linkerd(om)
     _envoy(om, "envoy", {s.version: _local_envoy_labels(s.version) for s in STREAMS["envoy"]})
     _envoy(om, "consul", {s.version: _consul_labels(s.version) for s in STREAMS["consul"]})
@@ -331,6 +374,30 @@ def test_istio_inbound_windows(prom_url: str) -> None:
     assert set(frame["view"]) == {"inbound"} and set(frame["dialect"]) == {"istio"}
     assert len(frame) == 2 * (T1 - T0) // WINDOW  # reporter=source rows are not counted twice
     _check(frame, "istio", ISTIO_LE)
+
+
+def test_istio_ambient_reads_the_waypoints_reports_only(prom_url: str) -> None:
+    frame = windows(prom_url, "istio-ambient", T0, T1, WINDOW)
+    assert set(frame["source"]) == {"reviews-v2"} and set(frame["dialect"]) == {"istio-ambient"}
+    _check(frame, "istio-ambient", ISTIO_LE, destination="ratings")
+    sidecars = windows(prom_url, "istio", T0, T1, WINDOW)  # and the sidecars' dialect does not see them
+    assert "ratings" not in set(sidecars["destination"])
+
+
+def test_ztunnel_l4_windows_count_connections_failures_and_bytes(prom_url: str) -> None:
+    frame = l4_windows(prom_url, T0, T1, WINDOW, matchers='destination_service_name="ratings"')
+    assert list(frame.columns) == L4_COLUMNS
+    per_window = WINDOW // SCRAPE
+    for v, (opened, failed, sent, received) in L4.items():
+        rows = frame[frame["version"] == v]
+        assert len(rows) == (T1 - T0) // WINDOW and set(rows["source"]) == {"reviews-v2"}
+        assert set(rows["destination"]) == {"ratings"}
+        np.testing.assert_allclose(rows["opened"], opened * per_window, rtol=1e-6)
+        np.testing.assert_allclose(rows["closed"], opened * per_window, rtol=1e-6)
+        np.testing.assert_allclose(rows["failed"], failed * per_window, atol=1e-6)
+        np.testing.assert_allclose(rows["sent_bytes"], sent * per_window, rtol=1e-6)
+        np.testing.assert_allclose(rows["received_bytes"], received * per_window, rtol=1e-6)
+    assert l4_windows(prom_url, T0, T1, WINDOW, matchers='destination_service_name="nothing"').empty
 
 
 def test_istio_outbound_view_and_matchers(prom_url: str) -> None:

@@ -71,14 +71,17 @@ def _vs(weights: dict[str, int]) -> dict[str, Any]:
 
 
 def _expect_no_mesh(api: Any, istiod: list[dict[str, Any]] | None = None) -> None:
-    """The four reads of mesh detection, answering "nothing here" (or istiod)."""
+    """The reads of mesh detection, answering "nothing here" (or istiod; then ztunnel is looked for,
+    Istio's ambient node proxy, and is not there)."""
     api.expect(
         "GET",
         "/apis/apps/v1/namespaces/istio-system/deployments",
         ISTIOD_QUERY,
         _list("Deployment", istiod or [], "apps/v1"),
     )
+    paths = [("/apis/apps/v1/namespaces/istio-system/daemonsets/ztunnel", "daemonsets")] if istiod else []
     for path, plural in [
+        *paths,
         ("/apis/apps/v1/namespaces/linkerd/deployments/linkerd-destination", "deployments"),
         ("/apis/apps/v1/namespaces/consul/statefulsets/consul-server", "statefulsets"),
         ("/apis/apps/v1/namespaces/consul/deployments/consul-connect-injector", "deployments"),
@@ -829,7 +832,17 @@ def test_session_opens_the_kubernetes_backend(
 def _adapter_resources() -> list[Resource]:
     """Every Resource the adapters and the load job declare (the types the workbench writes)."""
     found: dict[tuple[str, str], Resource] = {}
-    for name in ("istio", "linkerd", "consul", "gateway_api", "loadjob", "testrun", "k6pod", "probe"):
+    for name in (
+        "istio",
+        "istio_ambient",
+        "linkerd",
+        "consul",
+        "gateway_api",
+        "loadjob",
+        "testrun",
+        "k6pod",
+        "probe",
+    ):
         try:
             module = importlib.import_module(f"workbench.backends.kubernetes.{name}")
         except ImportError:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes.client
 import pytest
+from kube import TOKEN
+from kube import expect_apply as _expect_apply
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
@@ -29,7 +30,6 @@ from workbench.backends.kubernetes.istio import IstioAdapter
 from workbench.backends.kubernetes.values import go_duration, percent_split
 from workbench.config import CircuitBreaker, Fault, Policy, PolicyRule, Retries, Route
 
-TOKEN = "fake-kube-token-7d3a-never-print-me"
 VERSIONS = {"reviews": ["v1", "v2"], "productpage": ["v1"]}
 NS = "shop"
 APPLY_QUERY = "fieldManager=mesh-workbench&force=false"
@@ -465,29 +465,6 @@ def test_the_validator_catches_invalid_manifests(shared: Path) -> None:
 
 # =============================================================================================
 # (b) Contract tests against pytest-httpserver
-
-
-@pytest.fixture
-def api(httpserver: HTTPServer) -> kubernetes.client.ApiClient:
-    """An ApiClient configured like one from a kubeconfig with a bearer token."""
-    cfg = kubernetes.client.Configuration(host=httpserver.url_for("").rstrip("/"))
-    cfg.api_key = {"BearerToken": f"Bearer {TOKEN}"}
-    cfg.retries = 0
-    return kubernetes.client.ApiClient(cfg)
-
-
-def _expect_apply(httpserver: HTTPServer, path: str, manifest: dict[str, Any]) -> None:
-    httpserver.expect_ordered_request(
-        path,
-        method="PATCH",
-        query_string=APPLY_QUERY,
-        headers={
-            "Content-Type": "application/apply-patch+yaml",
-            "Authorization": f"Bearer {TOKEN}",
-            "Accept": "application/json",
-        },
-        json=manifest,
-    ).respond_with_json({**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "7"}})
 
 
 def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -37,10 +37,13 @@ def doctor_cmd(
     if chosen not in ("local", "kubernetes"):
         err.print(f"--backend: must be local or kubernetes (got {chosen!r})")
         raise typer.Exit(ExitCode.INVALID)
+    namespace = None
     if settings is not None and settings.type == "kubernetes":
         context = context or settings.context
         prometheus_url = prometheus_url or settings.prometheus_url
-    checks = doctor.run_checks(chosen, context=context, prometheus_url=prometheus_url)  # type: ignore[arg-type]
+        namespace = settings.namespace
+    checks = doctor.run_checks(chosen, context=context, prometheus_url=prometheus_url,  # type: ignore[arg-type]
+                               namespace=namespace)  # fmt: skip
     table = Table(title=f"workbench doctor — {chosen} backend", title_justify="left")
     for col in ("dependency", "status", "version / detail", "fix"):
         table.add_column(col, overflow="fold")

@@ -111,7 +111,7 @@ class KubernetesSettings(Strict):
     prometheus_url: HttpUrl | None = None
     mesh: Literal["auto", "istio", "linkerd", "consul", "gateway-api"] = "auto"
     # Telemetry dialect of prometheus_url; default: the mesh's own (needed with mesh: gateway-api).
-    dialect: Literal["istio", "linkerd", "consul", "envoy"] | None = None
+    dialect: Literal["istio", "istio-ambient", "linkerd", "consul", "envoy"] | None = None
     traces: TraceStore | None = None  # the cluster's Jaeger or Tempo, for traces experiments
 
 

@@ -23,7 +23,16 @@ dialect      metrics                                  edge labels (source → de
              stats tags                               ``local_cluster``) → ``consul_destination_
                                                       service``, ``consul_destination_service_
                                                       subset``; inbound: ``local_app``
+``istio-``   Istio's metrics as an ambient waypoint     as ``istio``; ``reporter="waypoint"`` (one
+``ambient``  reports them                             report per request, in both views)
 ============ ======================================== ============================================
+
+Istio's ambient node proxy, ztunnel, sees connections, not requests: it exports ``istio_tcp_*``
+(connections opened and closed, bytes sent and received) with Istio's edge labels, reported by the
+destination's ztunnel (``reporter="destination"``; some releases and guides say ``ztunnel``, both
+are read). :func:`l4_windows` reads them per window and edge — connections opened, closed, failed
+(closed with a ``response_flags`` other than ``-``), bytes each way — the L4 picture of a namespace
+without a waypoint, where there is no request count or latency to read.
 
 :func:`windows` asks Prometheus for ``increase(...[W])`` evaluated every W seconds, so each value
 covers exactly one window ``(t - W, t]`` and windows are aligned to multiples of W since the epoch
@@ -57,12 +66,14 @@ from workbench.metrics.prometheus import Prometheus
 __all__ = [
     "COLUMNS",
     "DIALECTS",
+    "L4_COLUMNS",
     "MAX_POINTS",
     "Dialect",
     "View",
     "arm",
     "arm_counts",
     "arm_windows",
+    "l4_windows",
     "query_range_chunked",
     "windows",
 ]
@@ -236,6 +247,25 @@ DIALECTS: dict[str, Dialect] = {
             ),
         },
         default_view="outbound",
+    ),
+    "istio-ambient": Dialect(
+        "istio-ambient",
+        "istio_requests_total",
+        "istio_requests_total",
+        'response_code=~"5..|0"',
+        "istio_request_duration_milliseconds_bucket",
+        "ms",
+        dict.fromkeys(
+            ("inbound", "outbound"),
+            View(
+                'reporter="waypoint"',
+                {
+                    "source": ("source_workload",),
+                    "destination": ("destination_service_name", "destination_workload"),
+                    "version": ("destination_version",),
+                },
+            ),
+        ),
     ),
 }
 
@@ -415,6 +445,65 @@ def windows(
     with np.errstate(invalid="ignore", divide="ignore"):
         out["error_rate"] = np.where(out["requests"] > 0, out["errors"] / out["requests"], np.nan)
     return out[COLUMNS].sort_values(["time", *KEY], ignore_index=True)
+
+
+L4_COLUMNS = [
+    "time", "source", "destination", "version", "opened", "closed", "failed", "sent_bytes", "received_bytes",
+]  # fmt: skip
+ZTUNNEL = 'reporter=~"destination|ztunnel"'
+_L4_EDGE = View(ZTUNNEL, {
+    "source": ("source_workload",),
+    "destination": ("destination_service_name", "destination_workload"),
+    "version": ("destination_version",),
+})  # fmt: skip
+_L4 = {
+    "opened": "istio_tcp_connections_opened_total",
+    "closed": "istio_tcp_connections_closed_total",
+    "sent_bytes": "istio_tcp_sent_bytes_total",
+    "received_bytes": "istio_tcp_received_bytes_total",
+}
+
+
+def l4_windows(
+    prom: Prometheus | str,
+    start: float | datetime,
+    end: float | datetime,
+    window_s: float = 5,
+    *,
+    matchers: str = "",
+    max_points: int = MAX_POINTS,
+) -> pd.DataFrame:
+    """Per-window L4 traffic per edge from ztunnel's ``istio_tcp_*`` (see the module docstring).
+
+    Columns ``L4_COLUMNS``: connections ``opened``, ``closed`` and ``failed`` (closed with response
+    flags, e.g. ``UF`` upstream connection failure), ``sent_bytes`` and ``received_bytes``, per
+    whole window aligned as in :func:`windows`. ``matchers`` narrows every query.
+    """
+    client = Prometheus(prom) if isinstance(prom, str) else prom
+    w = _whole_seconds(window_s)
+    first_end = math.ceil((_unix(start) + w) / w) * w
+    last_end = math.floor(_unix(end) / w) * w
+    if last_end < first_end:
+        return pd.DataFrame(columns=L4_COLUMNS)
+    by = ", ".join(_L4_EDGE.labels)
+    queries = {what: _selector(metric, ZTUNNEL, matchers) for what, metric in _L4.items()}
+    queries["failed"] = _selector(_L4["closed"], ZTUNNEL, 'response_flags!~"-|"', matchers)
+    counts = {}
+    for what, selector in queries.items():
+        promql = f"sum by ({by}) (increase({selector}[{w}s]))"
+        frame = _keyed(query_range_chunked(client, promql, first_end, last_end, w, max_points), _L4_EDGE, w)
+        counts[what] = frame.groupby(["time", *KEY], sort=False)["value"].sum().astype(float)
+    index = counts["opened"].index
+    for series in counts.values():
+        index = index.union(series.index)
+    if not len(index):
+        return pd.DataFrame(columns=L4_COLUMNS)
+    out = pd.DataFrame(
+        {what: series.reindex(index).fillna(0.0) for what, series in counts.items()}, index=index
+    )
+    out = out.reset_index()
+    out.columns = ["time", *KEY, *out.columns[4:]]
+    return out[L4_COLUMNS].sort_values(["time", *KEY], ignore_index=True)
 
 
 _EMPTY = Histogram.from_prometheus_buckets([float("inf")], [0.0], unit="ms")

@@ -113,6 +113,63 @@ def check_kube(context: str | None, timeout: float = 5.0) -> Check:
     return Check(name, True, f"'{chosen}' at {server}, Kubernetes {info.git_version}", "", True, purpose)
 
 
+def check_mesh(context: str | None, namespace: str | None = None) -> list[Check]:
+    """The mesh the cluster runs and how the namespace's pods join it: Istio's control plane, and in
+    ambient mode ztunnel (the node proxy DaemonSet) and the namespace's waypoints (Gateways of class
+    istio-waypoint, who uses them). Informational (never fails doctor): the backend also runs with
+    plain Gateway API, and an ambient namespace without a waypoint still runs L4 experiments."""
+    from workbench.backends.kubernetes.cluster import Cluster, KubernetesError
+
+    purpose = "cluster mesh"
+    try:
+        cluster = Cluster.connect(context, namespace)
+    except KubernetesError as exc:
+        return [Check("mesh", False, f"not checked: {_first_line(exc)}", "", False, purpose)]
+    try:
+        installs = cluster.mesh_installs()
+        mesh = cluster.detect_mesh(installs)
+        if mesh is None:
+            fix = "install a mesh (istio, linkerd or consul), or the Gateway API CRDs, or set backend.mesh"
+            return [
+                Check("mesh", False, "no mesh control plane and no HTTPRoute CRD found", fix, False, purpose)
+            ]
+        found = (
+            ", ".join(
+                f"{m.component} {m.version or '?'} in {m.namespace} ({'ready' if m.ready else 'NOT ready'})"
+                for m in installs
+            )
+            or "Gateway API HTTPRoute CRD"
+        )
+        checks = [Check("mesh", True, f"{mesh}: {found}", "", False, purpose)]
+        if mesh == "istio":
+            checks.append(_dataplane_check(cluster, installs))
+        return checks
+    except KubernetesError as exc:
+        return [Check("mesh", False, f"not checked: {_first_line(exc)}", "", False, purpose)]
+    finally:
+        cluster.close()
+
+
+_AMBIENT_PROFILE = (
+    "install Istio's ambient profile ('istioctl install --set profile=ambient'): ztunnel is its DaemonSet"
+)
+
+
+def _dataplane_check(cluster: Any, installs: list[Any]) -> Check:
+    """Sidecars, or ambient: ztunnel ready and, where the namespace uses one, a programmed waypoint."""
+    mode, ns = cluster.dataplane(), cluster.namespace
+    ztunnel = next((m for m in installs if m.component == "ztunnel"), None)
+    fix = ""
+    if mode != "sidecar" and (ztunnel is None or not ztunnel.ready):
+        fix = _AMBIENT_PROFILE
+    elif mode == "ambient-waypoint" and not cluster.waypoints()["programmed"].any():
+        fix = f"deploy the waypoint ('istioctl waypoint apply -n {ns}') and wait until it is programmed"
+    elif mode == "ambient":
+        fix = f"L7 experiments need a waypoint: 'istioctl waypoint apply -n {ns} --enroll-namespace'"
+    ok = (mode == "ambient" and fix != _AMBIENT_PROFILE) or not fix
+    return Check("data plane", ok, cluster.dataplane_summary(), fix, False, "cluster mesh")
+
+
 def check_prometheus_url(url: str | None, timeout: float = 5.0) -> Check:
     """Ask the Prometheus at ``url`` for its build info."""
     purpose = "cluster telemetry"
@@ -134,7 +191,10 @@ def check_prometheus_url(url: str | None, timeout: float = 5.0) -> Check:
 
 
 def run_checks(
-    backend: BackendKind = "local", context: str | None = None, prometheus_url: str | None = None
+    backend: BackendKind = "local",
+    context: str | None = None,
+    prometheus_url: str | None = None,
+    namespace: str | None = None,
 ) -> list[Check]:
     """Every check for ``backend``; ``required`` marks what makes doctor fail."""
     local = backend == "local"
@@ -146,7 +206,11 @@ def run_checks(
         check_kernel(),
     ]
     if backend == "kubernetes":
-        checks += [check_kube(context), check_prometheus_url(prometheus_url)]
+        kube = check_kube(context)
+        checks.append(kube)
+        if kube.ok:
+            checks += check_mesh(context, namespace)
+        checks.append(check_prometheus_url(prometheus_url))
     return checks
 
 

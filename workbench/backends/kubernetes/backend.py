@@ -34,7 +34,11 @@ from workbench.load.results import LoadProfile, LoadResult
 # mesh -> telemetry dialect of its Prometheus (metrics/dialects.py); gateway-api has none of its own
 DIALECT_OF = {"istio": "istio", "linkerd": "linkerd", "consul": "consul"}
 # dialect -> the label naming the destination's Kubernetes namespace (consul's are Consul namespaces)
-NAMESPACE_LABEL = {"istio": "destination_service_namespace", "linkerd": "namespace"}
+NAMESPACE_LABEL = {
+    "istio": "destination_service_namespace",
+    "istio-ambient": "destination_service_namespace",
+    "linkerd": "namespace",
+}
 PORT_FORWARD = {
     "istio": "kubectl -n istio-system port-forward svc/prometheus 9090:9090",
     "linkerd": "kubectl -n linkerd-viz port-forward svc/prometheus 9090:9090",
@@ -129,6 +133,11 @@ class KubernetesBackend:
         """The MeshAdapter for ``mesh`` over this namespace (built on first use)."""
         if self._adapter is None:
             adapter_cls = load_class(ADAPTERS[self.mesh])
+            if self.mesh == "istio" and self.cluster.dataplane() == "ambient-waypoint":
+                # the waypoint routes Gateway API HTTPRoutes (istio_ambient.py says why not VirtualService)
+                from workbench.backends.kubernetes.istio_ambient import IstioAmbientAdapter
+
+                adapter_cls = IstioAmbientAdapter
             versions = self.cluster.versions()
             options: dict[str, Any] = {}
             if "ports" in {f.name for f in dataclasses.fields(adapter_cls)}:  # HTTPRoute backendRefs
@@ -138,7 +147,8 @@ class KubernetesBackend:
 
     def capabilities(self) -> Offer:
         """What experiments can do here: the cluster backend's offer (telemetry only with a Prometheus
-        URL and a dialect) and the mesh's — Istio's ambient mode without a waypoint offers L4 only."""
+        URL and a dialect) and the mesh's — Istio's ambient mode without a waypoint offers L4 only,
+        with one the L7 features an HTTPRoute can express (``istio_ambient.py``)."""
         own = kubernetes_offer(self._prometheus_url, self.mesh, self.dialect_setting, self.trace_store)
         mesh = self.adapter.capabilities()
         if self.mesh == "istio" and self.cluster.dataplane() == "ambient":
@@ -232,9 +242,12 @@ class KubernetesBackend:
 
     @property
     def dialect(self) -> str:
-        """The telemetry dialect of ``prometheus_url``: backend.dialect, else the mesh's own."""
+        """The telemetry dialect of ``prometheus_url``: backend.dialect, else the mesh's own (Istio's
+        ambient waypoint reports requests as ``reporter="waypoint"``: dialect istio-ambient)."""
         if self.dialect_setting:
             return self.dialect_setting
+        if self.mesh == "istio" and self.cluster.dataplane() == "ambient-waypoint":
+            return "istio-ambient"
         if self.mesh not in DIALECT_OF:
             raise BackendError(
                 f"backend.dialect is not set: mesh {self.mesh} has no telemetry of its own to read from "

@@ -41,7 +41,12 @@ PEER_AUTHENTICATIONS = Resource(
     "security.istio.io", "v1beta1", "peerauthentications", "PeerAuthentication", "Istio"
 )
 HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", "Gateway API")
-READ_RESOURCES = (NAMESPACES, PODS, SERVICES, DEPLOYMENTS, REPLICASETS, STATEFULSETS, PEER_AUTHENTICATIONS)
+GATEWAYS = Resource("gateway.networking.k8s.io", "v1", "gateways", "Gateway", "Gateway API")
+DAEMONSETS = Resource("apps", "v1", "daemonsets", "DaemonSet")
+READ_RESOURCES = (
+    NAMESPACES, PODS, SERVICES, DEPLOYMENTS, REPLICASETS, STATEFULSETS, DAEMONSETS, PEER_AUTHENTICATIONS,
+    GATEWAYS,
+)  # fmt: skip
 
 # Where each control plane lives by default (override with Cluster(mesh_namespaces=...)).
 MESH_NAMESPACES = {"istio": "istio-system", "linkerd": "linkerd", "consul": "consul"}
@@ -57,6 +62,7 @@ VERSION_LABELS = ("version", "app.kubernetes.io/version")
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 AMBIENT_LABEL = "istio.io/dataplane-mode"
 WAYPOINT_LABEL = "istio.io/use-waypoint"
+WAYPOINT_CLASS = "istio-waypoint"  # the GatewayClass of Istio's waypoints
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -359,6 +365,14 @@ class Cluster:
                     _ready(d),
                 )
             )
+        ztunnel = self.writer.get(DAEMONSETS, ns, "ztunnel") if found else None
+        if ztunnel is not None:  # Istio's ambient node proxy: one pod per node
+            labels = (ztunnel.get("metadata") or {}).get("labels") or {}
+            version = _version(
+                ztunnel, "istio-proxy", ("app.kubernetes.io/version", "operator.istio.io/version")
+            )
+            revision = labels.get("istio.io/rev", "default")
+            found.append(MeshInstall("istio", ns, "ztunnel", version, revision, _daemonset_ready(ztunnel)))
         ns = self.mesh_namespaces.get("linkerd", "linkerd")
         d = self.writer.get(DEPLOYMENTS, ns, "linkerd-destination")
         if d is not None:
@@ -397,6 +411,59 @@ class Cluster:
         except CRDMissing:
             return None
         return "gateway-api"
+
+    def waypoints(self, namespace: str | None = None) -> pd.DataFrame:
+        """Istio's waypoints in the namespace: Gateways of class ``istio-waypoint``, what traffic each
+        serves (label istio.io/waypoint-for, default service), whether it is programmed, and who uses
+        it (the namespace, or the Services labelled istio.io/use-waypoint with its name). Empty when
+        the Gateway API's Gateway CRD is not installed."""
+        ns = namespace or self.namespace
+        cols = ["namespace", "name", "waypoint_for", "programmed", "used_by"]
+        try:
+            gateways = self.writer.list(GATEWAYS, ns)
+        except CRDMissing:
+            return _frame([], cols)
+        ns_obj = self.writer.get(NAMESPACES, None, ns) or {}
+        ns_waypoint = ((ns_obj.get("metadata") or {}).get("labels") or {}).get(WAYPOINT_LABEL, "")
+        services = {(s.get("metadata") or {}).get("name", ""): ((s.get("metadata") or {}).get("labels") or {})
+                    for s in self.writer.list(SERVICES, ns)}  # fmt: skip
+        rows = []
+        for g in gateways:
+            meta, spec, status = _parts(g)
+            if spec.get("gatewayClassName") != WAYPOINT_CLASS:
+                continue
+            name = meta.get("name", "")
+            users = ([f"namespace {ns}"] if ns_waypoint == name else []) + sorted(
+                s for s, labels in services.items() if labels.get(WAYPOINT_LABEL) == name
+            )
+            rows.append({
+                "namespace": ns, "name": name,
+                "waypoint_for": (meta.get("labels") or {}).get("istio.io/waypoint-for", "service"),
+                "programmed": any(c.get("type") == "Programmed" and c.get("status") == "True"
+                                  for c in status.get("conditions") or []),
+                "used_by": users,
+            })  # fmt: skip
+        return _frame(sorted(rows, key=lambda r: r["name"]), cols)
+
+    def dataplane_summary(self, namespace: str | None = None) -> str:
+        """One sentence on how the namespace's pods join the mesh (``workbench doctor``): sidecars, or
+        ambient with ztunnel's readiness and each waypoint (programmed or not, who uses it)."""
+        ns = namespace or self.namespace
+        mode = self.dataplane(ns)
+        if mode == "sidecar":
+            return f"namespace {ns}: sidecars (no istio.io/dataplane-mode=ambient label)"
+        ztunnel = next((m for m in self.mesh_installs() if m.component == "ztunnel"), None)
+        node = "ztunnel DaemonSet missing in istio-system"
+        if ztunnel is not None:
+            node = f"ztunnel {ztunnel.version or '?'} {'ready' if ztunnel.ready else 'NOT ready'}"
+        found = self.waypoints(ns)
+        if found.empty:
+            return f"namespace {ns}: ambient, {node}, no waypoint (L4 only: no L7 routing or HTTP policy)"
+        listed = "; ".join(
+            f"waypoint {r.name} ({'programmed' if r.programmed else 'NOT programmed'}, used by "
+            f"{', '.join(r.used_by) or 'nothing'})" for r in found.itertuples()
+        )  # fmt: skip
+        return f"namespace {ns}: {mode}, {node}; {listed}"
 
     def dataplane(self, namespace: str | None = None) -> str:
         """How the namespace's pods join Istio: ``ambient`` (label istio.io/dataplane-mode=ambient, no
@@ -613,6 +680,12 @@ def _version(workload: Mapping[str, Any], container: str, labels: Iterable[str])
 def _ready(workload: Mapping[str, Any]) -> bool:
     want = int((workload.get("spec") or {}).get("replicas", 1) or 0)
     return int((workload.get("status") or {}).get("readyReplicas", 0) or 0) >= max(want, 1)
+
+
+def _daemonset_ready(ds: Mapping[str, Any]) -> bool:
+    status = ds.get("status") or {}
+    want = int(status.get("desiredNumberScheduled", 0) or 0)
+    return want > 0 and int(status.get("numberReady", 0) or 0) >= want
 
 
 def _injection(meta: Mapping[str, Any]) -> str:

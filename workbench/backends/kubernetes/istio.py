@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from workbench.backends.base import BackendError, Split, cookie_regex
-from workbench.backends.capabilities import NEEDS_WAYPOINT, Offer
+from workbench.backends.capabilities import NEEDS_WAYPOINT, Capability, Offer
 from workbench.backends.kubernetes.adapter import Manifest, MeshAdapter, TrafficState
 from workbench.backends.kubernetes.apply import Resource
 from workbench.backends.kubernetes.values import dns_label, go_duration, percent_split
@@ -71,9 +71,14 @@ AMBIENT_L7 = NEEDS_WAYPOINT
 
 
 def ambient_offer(namespace: str) -> Offer:
-    """Istio ambient without a waypoint: ztunnel's L4 only (mTLS, caller identity, allow/deny)."""
+    """Istio ambient without a waypoint: ztunnel's L4 only (mTLS, caller identity, allow/deny). Its
+    telemetry is L4 too (``istio_tcp_*``, read by ``dialects.l4_windows``): no requests or latency."""
     hint = _WAYPOINT.format(namespace=namespace)
-    return Offer.lacking(f"mesh istio (ambient, no waypoint in {namespace})", dict.fromkeys(AMBIENT_L7, hint))
+    missing = dict.fromkeys(AMBIENT_L7, hint)
+    missing[Capability.TELEMETRY] = (
+        f"ztunnel reports connections and bytes only (istio_tcp_*), no requests or latency: {hint}"
+    )
+    return Offer.lacking(f"mesh istio (ambient, no waypoint in {namespace})", missing)
 
 
 # Header names Istio ignores in a match (they are the uri/scheme/method/authority matchers).
