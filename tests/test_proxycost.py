@@ -180,3 +180,17 @@ def test_the_cpu_sampler_sees_a_busy_process_and_the_host() -> None:
     assert usage.processes["spin"] * usage.seconds == pytest.approx(used, abs=0.1)
     assert usage.host_pct / 100 * usage.cores * usage.seconds >= 0.9 * usage.processes["spin"] * usage.seconds
     assert math.isnan(sampler.usage(end + 100, end + 200).host_pct)  # outside the sampled span
+
+
+def test_the_headline_says_proxy_in_the_ambient_modes_and_sidecar_otherwise() -> None:
+    def group(mode: str) -> pd.DataFrame:
+        return pd.DataFrame([{
+            "mode": mode, "role": proxycost.ALL, "own_p50_us": 248.0, "own_p50_ci_low": 213.0,
+            "own_p50_ci_high": 283.0, "own_p50_note": "", "per_request": 10.0, "trials": 3,
+        }])  # fmt: skip
+
+    assert proxycost.sentence(group("both-mtls"), "both-mtls").startswith(
+        "each sidecar traversal adds 248 µs [213, 283] p50 of the proxy's own time (both-mtls, 10 traversals"
+    )
+    ambient = proxycost.sentence(group("ambient-waypoint"), "ambient-waypoint")
+    assert ambient.startswith("each proxy traversal adds 248 µs [213, 283]") and ambient.endswith("3 trials)")

@@ -501,10 +501,13 @@ def us_text(row: pd.Series) -> str:
 
 def sentence(group: pd.DataFrame, where: str, replicate: str = "trial") -> str:
     """ "each sidecar traversal adds N µs p50 [interval] of the proxy's own time (where, ...)" for
-    one group's ``over_trials`` rows; empty when it has no sidecar traversals."""
+    one group's ``over_trials`` rows; empty when it has no sidecar traversals. In the ambient modes
+    the proxies are node proxies and waypoints, not sidecars: "each proxy traversal adds"."""
     top = overall(group)
     if top is None:
         return ""
+    modes = group["mode"].astype(str) if "mode" in group.columns else pd.Series(dtype=str)
+    noun = "proxy" if modes.str.startswith("ambient").any() else "sidecar"
     roles = group[(group["role"] != ALL) & np.isfinite(group["own_p50_us"].astype(float))]  # not node proxies
     parts = (
         ", ".join(f"{r['role']} {r['own_p50_us']:.0f} µs" for _, r in roles.iterrows())
@@ -512,7 +515,7 @@ def sentence(group: pd.DataFrame, where: str, replicate: str = "trial") -> str:
         else ""
     )
     trials = int(top["trials"])
-    return (f"each sidecar traversal adds {us_text(top)} p50 of the proxy's own time ({where}, "
+    return (f"each {noun} traversal adds {us_text(top)} p50 of the proxy's own time ({where}, "
             f"{top['per_request']:.0f} traversals per request{'; ' + parts if parts else ''}; "
             f"{trials} {replicate}{'s' if trials != 1 else ''})")  # fmt: skip
 
