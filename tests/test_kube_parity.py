@@ -28,6 +28,7 @@ from workbench.load.results import LoadProfile
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.lane2,
     pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus not installed"),
 ]
 

@@ -59,7 +59,10 @@ def test_modes_without_client_sidecars_say_what_they_cannot_do() -> None:
 
 
 @pytest.mark.beside  # processes and ports, not figures
-@pytest.mark.parametrize(("modes", "times"), [(("both",), 5), (("ambient", "ambient-waypoint"), 10)])
+@pytest.mark.parametrize(
+    ("modes", "times"),
+    [(("both",), 5), pytest.param(("ambient", "ambient-waypoint"), 10, marks=pytest.mark.lane2)],
+)
 def test_up_down_repeatedly_leaves_no_process_and_no_port(modes: tuple[str, ...], times: int) -> None:
     for i in range(times):
         m = LocalMesh(mode=modes[i % len(modes)], wait_for_metrics=False)  # type: ignore[arg-type]

@@ -214,19 +214,3 @@ def test_dry_run_on_a_cluster_prints_manifests_and_writes_nothing(tmp_path: Path
     ]
     assert writes == []
     assert kube_emulator.token not in out + proc.stderr
-
-
-@pytest.mark.slow
-def test_an_aa_run_passes_the_gate(tmp_path: Path) -> None:
-    cfg = _write(
-        tmp_path,
-        "experiments:\n  - {name: aa, kind: ab, service: reviews, variants: {baseline: v1, candidate: v2},"
-        " route: {header: x-variant, value: b, percent: 50}, rps: 100, duration: 8s, warmup: 1s,"
-        " ground_truth: false}\n",
-    )
-    proc = _run(tmp_path, str(cfg), "--fail-on", "worse", "--seed", "11")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = _results(tmp_path)["aa"]
-    assert result["verdict"] in ("equivalent", "inconclusive", "better")
-    junit = next((tmp_path / "reports").glob("*/junit.xml")).read_text()
-    assert "<failure" not in junit and 'name="aa: p50"' in junit
