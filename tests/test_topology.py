@@ -19,7 +19,7 @@ from workbench.analysis.localize import LOG_COLUMNS, AccessLogTail, hops, locali
 from workbench.analysis.topology import ServiceGraph
 from workbench.backends.local import LocalMesh
 from workbench.experiments import NOTEBOOKS
-from workbench.experiments.topology import frame_from_json
+from workbench.experiments.topology import frame_from_json, saturation_caveat
 from workbench.load.results import LoadProfile
 
 SAMPLE = REPO / "data" / "sample" / "topology"
@@ -165,6 +165,20 @@ def _log(
     """One access-log row (``LOG_COLUMNS``) of request ``a``; every version is v1."""
     service, version, direction = sidecar.split("-")
     return (sidecar, service, version, direction, start, ms, status, flags, dest, "v1", caller, "a")
+
+
+def test_a_saturated_half_puts_a_caution_in_the_headline() -> None:
+    calm = {"name": "baseline", "saturated": False, "saturation": "not saturated (host CPU 40 %)"}
+    busy = {
+        "name": "changed",
+        "saturated": True,
+        "saturation": "saturated: host CPU 97 % >= 85 % of all cores",
+    }
+    assert saturation_caveat([calm, calm | {"name": "changed"}]) == ""
+    assert saturation_caveat([{"name": "baseline"}]) == ""  # runs stored before the guard
+    text = saturation_caveat([calm, busy])
+    assert text.startswith(". Caution, the load was saturated in changed (saturated: host CPU 97 %")
+    assert "baseline" not in text and "a caller of the service that changed can look slower" in text
 
 
 def test_self_time_subtracts_the_slowest_concurrent_call() -> None:
@@ -320,3 +334,6 @@ def test_topology_notebook_quick_shows_the_graph_and_the_culprit(tmp_path: Path)
     assert "catalog" in text and "loadgen" in text  # the edge table
     stored = tmp_path / "run" / "blue"
     assert (stored / "access_logs").is_dir() and (stored / "prometheus.json").exists()
+    phases = json.loads((stored / "phases.json").read_text())["phases"]
+    assert [p["name"] for p in phases] == ["baseline", "changed"]
+    assert all(isinstance(p["saturated"], bool) and "host CPU" in p["saturation"] for p in phases), phases

@@ -101,7 +101,8 @@ def load_in_halves(
 ) -> list[dict[str, Any]]:
     """Warm-up (then ``after_warmup()``), then each half's load on ``spec.service`` — the spec's
     ``change`` applied before the ``changed`` half and undone in a ``finally`` — saving
-    ``phases.json`` as each half ends; returns the phases (name, start, end)."""
+    ``phases.json`` as each half ends; returns the phases (name, start, end, and whether the half's
+    load point was saturated, ``LoadResult.saturation``)."""
     spec = s.spec
     phases: list[dict[str, Any]] = []
     undo: tuple[str, str, dict[str, Any]] | None = None
@@ -117,8 +118,9 @@ def load_in_halves(
                 s.progress(f"changed {spec.change.service}: {_describe(spec.change)}")
             s.progress(f"{name}: {spec.rps:g} rps on {spec.service} for {seconds:g} s")
             start = time.time()
-            mesh.run_load(spec.service, _profile(spec, seconds, s.seed))
-            phases.append({"name": name, "start": start, "end": time.time()})
+            sat = mesh.run_load(spec.service, _profile(spec, seconds, s.seed)).saturation()
+            phases.append({"name": name, "start": start, "end": time.time(),
+                           "saturated": sat.saturated, "saturation": sat.explain()})  # fmt: skip
             s.save_json(
                 "phases.json", {"phases": phases, "change": spec.change.model_dump() if spec.change else None}
             )
@@ -301,11 +303,28 @@ def analyse(s: Session) -> ExperimentResult:
         else:
             headline += (". Not localized: no access logs here, and a half had no whole telemetry window "
                          "(run longer)")  # fmt: skip
+        headline += saturation_caveat(phases)
     if spec.change is not None:
         figures["changed_service"] = spec.change.service
     return ExperimentResult(
         spec.name, "topology", verdict, severity, headline, figures, tables, details, checks
     )  # type: ignore[arg-type]
+
+
+def saturation_caveat(phases: list[dict[str, Any]]) -> str:
+    """A sentence for the headline when a half's load point was saturated, else ''. On a saturated
+    host a service's self-time grows with the requests in flight: a slower callee keeps more
+    requests waiting in its callers, whose own time then rises too, so a caller can be ranked
+    above (or named instead of) the service that changed (benchmarks/localization.py: at the
+    chain's capacity the frontend was named for pricing's change)."""
+    busy = [p for p in phases if p.get("saturated")]
+    if not busy:
+        return ""
+    which = ", ".join(f"{p['name']} ({p['saturation']})" for p in busy)
+    return (
+        f". Caution, the load was saturated in {which}: self-times then grow with the requests in "
+        "flight, so a caller of the service that changed can look slower too; run at a lower rate"
+    )
 
 
 def record_localization(
