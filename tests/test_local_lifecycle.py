@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import processes_using
 from workbench.backends.base import BackendError
-from workbench.backends.local import LocalMesh, MeshProcessError
+from workbench.backends.local import LocalMesh, MeshProcessError, procs
 from workbench.backends.local.topology import load_topology
 from workbench.config import ConfigError, Policy, PolicyRule
 from workbench.load.results import LoadProfile
@@ -76,6 +77,25 @@ def test_up_down_repeatedly_leaves_no_process_and_no_port(modes: tuple[str, ...]
         listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
         assert not listening & set(ports)
         assert not run_dir.exists()
+
+
+def test_planned_ports_are_free_and_below_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ports the kernel hands out as source ports of outgoing connections (the ephemeral range) could
+    be taken between planning and binding; the planned ones lie below it, distinct and free."""
+    top = procs._ephemeral_start()
+    ports = procs.free_ports(60)
+    assert len(set(ports)) == 60 and all(procs.PORT_FLOOR <= p < top for p in ports), (top, ports)
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        held.bind(("127.0.0.1", ports[0]))  # free when planned, so it binds; now it is taken
+        # a range of 40 ports that holds the taken one: 8 are chosen, never the taken one
+        monkeypatch.setattr(procs, "PORT_FLOOR", ports[0])
+        monkeypatch.setattr(procs, "_ephemeral_start", lambda: ports[0] + 40)
+        for _ in range(5):
+            chosen = procs.free_ports(8)
+            assert ports[0] not in chosen and all(ports[0] < p < ports[0] + 40 for p in chosen), chosen
+    finally:
+        held.close()
 
 
 def test_topology_file_errors_name_file_and_line(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ attached (``with``) mesh also get SIGTERM from the kernel if the Python process 
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -33,11 +34,44 @@ class MeshProcessError(BackendError):
     """A process of the local mesh is not running; the message names it and why."""
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held together while choosing)."""
-    socks = []
+PORT_FLOOR = 10000  # the planned ports come from [PORT_FLOOR, the ephemeral range's start)
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux: ip_local_port_range; else 32768)."""
     try:
-        for _ in range(count):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (held together while choosing), from below the
+    kernel's ephemeral range.
+
+    The mesh's ports are planned before its processes bind them. A port the kernel handed out for
+    ``bind(0)`` lies in the ephemeral range, which the kernel also uses as the source port of every
+    outgoing connection: between planning and Envoy's bind, any client on the machine (k6, a
+    scrape, a test's HTTP call) could take it, and Envoy then fails with "Address already in use"
+    (seen in CI beside the Kubernetes emulator's tests). Ports below that range are never handed
+    out implicitly, so only a program binding that very port could take one.
+    """
+    top = _ephemeral_start()
+    candidates = list(range(PORT_FLOOR, top)) if top - PORT_FLOOR >= 4 * count else []
+    random.SystemRandom().shuffle(candidates)
+    socks: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(socks) == count:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < count:  # an unusual port layout: fall back to the kernel's choice
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
