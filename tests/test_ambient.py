@@ -51,6 +51,48 @@ def test_ambient_plan_gives_each_node_a_proxy_and_each_caller_a_port_per_destina
     assert len(ports) == len(set(ports))
 
 
+def test_serving_keeps_the_call_tree_its_versions_and_nodes_and_the_load_generators_node(
+    tmp_path: Path,
+) -> None:
+    demo = load_topology()
+    catalog = demo.serving("catalog")
+    assert list(catalog.services) == ["catalog", "pricing"]
+    assert list(catalog.services["catalog"].versions) == ["v1", "v2"]  # every pod of the Service
+    assert catalog.nodes() == {"catalog": "node-2", "pricing": "node-1"}  # as in the whole demo
+    layout = plan(catalog, "ambient", tmp_path)
+    # without loadgen_node the first service's node (node-2) would carry the load generator
+    assert catalog.loadgen_node == "node-1" and list(layout.node_proxies) == ["node-1", "node-2"]
+    assert layout.node_of("loadgen") == "node-1" == plan(demo, "ambient", tmp_path).node_of("loadgen")
+    pods = ("catalog-v1", "catalog-v2", "pricing-v1")
+    assert set(layout.node_proxies["node-1"].ports) == {
+        f"{src}>{dst}" for src in ("pricing-v1", "loadgen") for dst in pods
+    }  # fmt: skip
+    assert list(demo.serving("frontend").services) == list(demo.services)  # the entry reaches everything
+    leaf = plan(demo.serving("pricing"), "both", tmp_path)
+    assert [sc.name for sc in leaf.sidecars] == [
+        "pricing-v1-inbound",
+        "pricing-v1-outbound",
+        "loadgen-outbound",
+    ]
+    with pytest.raises(ValueError, match="no service 'nope'; services: frontend, catalog"):
+        demo.serving("nope")
+
+
+def test_a_load_generator_node_without_services_gets_a_node_proxy_that_validates(tmp_path: Path) -> None:
+    topology = Topology(services={"a": {"versions": {"v1": {}}, "node": "east"}}, loadgen_node="west")
+    assert topology.node_order() == ["west", "east"]
+    mesh = LocalMesh(mode="ambient", topology=topology, run_dir=tmp_path)
+    mesh.layout = layout = plan(topology, "ambient", tmp_path)
+    assert layout.node_of("loadgen") == "west" and set(layout.node_proxies["west"].ports) == {"loadgen>a-v1"}
+    mesh.certs = make_certs(tmp_path / "certs", layout.identities(list(topology.services)))
+    for sc in layout.sidecars:
+        sc.directory.mkdir(parents=True, exist_ok=True)
+    configs = {sc.name: mesh._render(sc, mesh._view()) for sc in layout.sidecars}
+    validate(mesh._envoy, configs, tmp_path / "v")  # the real envoy --mode validate
+    listeners = configs["west-node-proxy"]["bootstrap"]["static_resources"]["listeners"]
+    assert [x["name"] for x in listeners] == ["capture|loadgen>a-v1"]  # no pod here: no HBONE side
+
+
 def test_waypoint_plan_per_service_and_per_namespace(tmp_path: Path) -> None:
     per_service = plan(load_topology(), "ambient-waypoint", tmp_path)
     assert list(per_service.waypoints) == ["frontend", "catalog", "pricing", "reviews", "ratings"]

@@ -157,6 +157,23 @@ def test_loadtest_verdict_follows_the_knee(
 # mesh_compare on the local mesh
 
 
+def test_a_compared_mesh_runs_only_what_the_target_calls(suite: Path, tmp_path: Path) -> None:
+    from workbench.errors import BackendError
+
+    s = open_session(suite, "mc", run_dir=tmp_path)
+    try:
+        mesh = s.mesh("both", fresh=True, serving="catalog")  # built, not started
+        assert list(mesh.topology.services) == ["catalog", "pricing"] and not mesh.telemetry
+        assert list(s.mesh("both", fresh=True, serving="frontend").topology.services) == [
+            "frontend", "catalog", "pricing", "reviews", "ratings"
+        ]  # fmt: skip
+        assert len(s.mesh("both", fresh=True).topology.services) == 5  # no target: the whole topology
+        with pytest.raises(BackendError, match="no service 'nope'; services: frontend"):
+            s.mesh("both", fresh=True, serving="nope")
+    finally:
+        s.close()
+
+
 @pytest.mark.slow
 def test_mesh_compare_runs_interleaved_trials_and_measures_the_sidecars(suite: Path, tmp_path: Path) -> None:
     result = _run(suite, "mc", tmp_path, mesh_compare)

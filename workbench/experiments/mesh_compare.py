@@ -3,9 +3,11 @@
 Local ``modes`` run as interleaved repeated trials: every trial visits every mode (A B, B A, ...)
 at one rate and each of the spec's connection counts, on a fresh mesh per mode and trial started
 without the workbench's own telemetry (no Prometheus, no exporters: Envoy keeps its stats and
-access logs, as a real mesh does), while the other local meshes running on the machine pause
-their scraping (``Session.quiet_others``). The rate is the spec's, or with ``rps: auto`` (the
-default) half of the capacity a short probe of the slowest mode finds (``experiments.autorate``).
+access logs, as a real mesh does) and with only the target's call tree (``Topology.serving``: the
+services it never calls would only share this machine's CPU), while the other local meshes
+running on the machine pause their scraping (``Session.quiet_others``). The rate is the spec's,
+or with ``rps: auto`` (the default) half of the capacity a short probe of the slowest mode finds
+(``experiments.autorate``).
 
 A report reads, in this order:
 
@@ -130,8 +132,9 @@ def run(s: Session) -> None:
                        + ("; SATURATED: " + "; ".join(sat.reasons) if sat.saturated else ""))  # fmt: skip
 
         recorder = proxycost.TraversalRecorder(s.store / TRAVERSALS)
-        run_sweep(sweep, lambda mode: s.mesh(mode, fresh=True), store, progress=False, on_point=on_point,
-                  on_measured=recorder, before_point=recorder.before)  # fmt: skip
+        fresh = lambda mode: s.mesh(mode, fresh=True, serving=spec.service)  # noqa: E731
+        run_sweep(sweep, fresh, store, progress=False, on_point=on_point, on_measured=recorder,
+                  before_point=recorder.before)  # fmt: skip
 
 
 def slowest(modes: list[str]) -> str:
@@ -145,8 +148,8 @@ def _rate(s: Session) -> float:
     if spec.model != "open":
         return 0.0
     mode = slowest(spec.modes)
-    return autorate.choose(s, lambda: s.mesh(mode, fresh=True), what=f"{mode}, the slowest mode",
-                           connections=min(spec.connections)).rps  # fmt: skip
+    fresh = lambda: s.mesh(mode, fresh=True, serving=spec.service)  # noqa: E731
+    return autorate.choose(s, fresh, what=f"{mode}, the slowest mode", connections=min(spec.connections)).rps
 
 
 def resolve(patterns: list[str], base: Path) -> list[Path]:

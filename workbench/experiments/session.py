@@ -169,38 +169,52 @@ class Session:
                 atexit.register(self.close)
         return self._backend
 
-    def mesh(self, mode: str, fresh: bool = False) -> AbstractContextManager[Any]:
+    def mesh(self, mode: str, fresh: bool = False, serving: str | None = None) -> AbstractContextManager[Any]:
         """A local mesh in sidecar ``mode``: the session's own when the mode matches, else a new one
         (without the workbench's telemetry). On a cluster the one mode there is, ``cluster`` (its
         own data plane), is the backend itself.
 
         ``fresh``: always a new mesh, without the workbench's own telemetry (Prometheus and the
         exporters; Envoy's stats and access logs stay), as comparisons between modes need: every
-        arm starts alike, and the workbench does not eat the capacity it measures."""
+        arm starts alike, and the workbench does not eat the capacity it measures.
+
+        ``serving``: a new mesh runs only what a request entering that service uses (its call tree,
+        on the same nodes: ``Topology.serving``); the services it never calls would only share this
+        machine's CPU with the ones measured (an attached or shared mesh stays as it is)."""
         backend = self.config.backend
         if backend.type != "local":
             if mode == "cluster":
                 return nullcontext(self.backend())
             raise BackendError(f"sidecar modes are a local-mesh setting; the backend is {backend.type!r}")
         if fresh:
-            from workbench.backends.local.mesh import LocalMesh
-
-            return LocalMesh(mode=mode, topology=backend.topology, telemetry=False,  # type: ignore[arg-type]
-                             waypoint=backend.waypoint)  # fmt: skip
+            return self._new_mesh(mode, serving)
         current = self._backend
         if current is None and self.mesh_state is not None:  # the runner's shared mesh
             current = self.backend()
         if current is not None and getattr(current, "mode", None) == mode:
             return nullcontext(current)
-        from workbench.backends.local.mesh import LocalMesh, running_mesh
+        from workbench.backends.local.mesh import running_mesh
 
         attached = running_mesh(mode) if self.mesh_state is None else None
         if attached is not None:
             return nullcontext(attached)
-        # a mesh started for a sweep needs none of the workbench's telemetry: the sidecars' cost is
-        # measured from their processes, the rest from k6 and the access logs; nor tracing (its cost would
-        # be in the figures)
-        return LocalMesh(mode=mode, topology=backend.topology, telemetry=False,  # type: ignore[arg-type]
+        return self._new_mesh(mode, serving)
+
+    def _new_mesh(self, mode: str, serving: str | None) -> AbstractContextManager[Any]:
+        """A new local mesh without the workbench's telemetry (the sidecars' cost is measured from
+        their processes, the rest from k6 and the access logs) and without tracing (its cost would be
+        in the figures); with ``serving``, only that service's part of the topology."""
+        from workbench.backends.local.mesh import LocalMesh
+        from workbench.backends.local.topology import load_topology
+
+        backend = self.config.backend
+        topology: Any = backend.topology
+        if serving is not None:
+            try:
+                topology = load_topology(backend.topology).serving(serving)
+            except ValueError as exc:
+                raise BackendError(str(exc)) from None
+        return LocalMesh(mode=mode, topology=topology, telemetry=False,  # type: ignore[arg-type]
                          waypoint=backend.waypoint)  # fmt: skip
 
     @contextmanager

@@ -278,16 +278,17 @@ def _node_bootstrap(sc: ev.Sidecar, view: ev.MeshView, layout: Layout) -> dict[s
         for version, app in layout.apps[service].items():
             name = f"pod|{service}|{version}"
             clusters[name] = _one_stream_per_connection(ev._static_cluster(name, app.port, http=False))
-    listeners.append(
-        {
-            "name": HBONE,
-            "address": ev._addr(sc.listen_port),
-            "listener_filters": [
-                {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR}}
-            ],
-            "filter_chains": chains,
-        }
-    )
+    if chains:  # a node with only the load generator's pod (``Topology.loadgen_node``) takes no tunnels
+        listeners.append(
+            {
+                "name": HBONE,
+                "address": ev._addr(sc.listen_port),
+                "listener_filters": [
+                    {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR}}
+                ],
+                "filter_chains": chains,
+            }
+        )
     return _base(sc, listeners, list(clusters.values()))
 
 

@@ -240,7 +240,7 @@ def _ambient_ports(topology: Topology, mode: str, waypoint: str, pods: int) -> i
     capture port per (caller workload, destination) on the callers' node proxies."""
     if mode not in AMBIENT:
         return 0
-    nodes = len(set(topology.nodes().values()))
+    nodes = len(topology.node_order())
     waypoints = (len(topology.services) if waypoint == "service" else 1) if mode == "ambient-waypoint" else 0
     targets = len(topology.services) if mode == "ambient-waypoint" else pods
     return 2 * nodes + 2 * waypoints + (pods + 1) * targets
@@ -251,12 +251,13 @@ def _plan_ambient(
     sidecar: Callable[..., Sidecar], node_concurrency: int,
 ) -> None:  # fmt: skip
     """Node proxies (one per node: HBONE port + a capture port per caller workload and destination)
-    and, in ambient-waypoint, the waypoints; the load generator's pod runs on the first node."""
+    and, in ambient-waypoint, the waypoints; the load generator's pod runs on the first node
+    (``Topology.loadgen_node``, else the first service's)."""
     layout.nodes = topology.nodes()
     layout.waypoint_scope = waypoint
     pods = {a.name: s for s, vs in layout.apps.items() for a in vs.values()}  # pod -> service
     targets = list(topology.services) if layout.mode == "ambient-waypoint" else list(pods)
-    for node in dict.fromkeys(layout.nodes.values()):
+    for node in topology.node_order():  # the load generator's node first (``node_of``)
         layout.node_proxies[node] = sidecar(f"{node}-node-proxy", node, "node", node=node,
                                             concurrency=node_concurrency, service="")  # fmt: skip
     for node, proxy in layout.node_proxies.items():

@@ -38,6 +38,8 @@ class Topology(Strict):
     """All services; the first version listed of each is its stable version."""
 
     services: Annotated[dict[ServiceName, ServiceSpec], Field(min_length=1)]
+    # The simulated node of the load generator's pod (ambient modes); default: the first node of ``nodes``
+    loadgen_node: NodeName | None = None
 
     @model_validator(mode="after")
     def _calls_exist_and_no_cycles(self) -> Topology:
@@ -79,6 +81,40 @@ class Topology(Strict):
             name: spec.node or DEFAULT_NODES[next(unplaced) % len(DEFAULT_NODES)]
             for name, spec in self.services.items()
         }
+
+    def node_order(self) -> list[str]:
+        """Every simulated node once, the load generator's first (it runs a node proxy even when no
+        service of the topology runs there)."""
+        placed = list(self.nodes().values())
+        return list(dict.fromkeys([self.loadgen_node or placed[0], *placed]))
+
+    def call_tree(self, service: str) -> list[str]:
+        """``service`` and every service a request entering it reaches, in listing order."""
+        reached: set[str] = set()
+        todo = [service]
+        while todo:
+            name = todo.pop()
+            if name not in reached:
+                reached.add(name)
+                todo.extend(self.services[name].calls)
+        return [n for n in self.services if n in reached]
+
+    def serving(self, service: str) -> Topology:
+        """The part of this topology a request entering ``service`` uses: its call tree (every
+        version of each service), each service on the node it has here, and the load generator on
+        its node here — the same paths and placement, without the services nothing calls.
+
+        Why: the local mesh runs every pod on this one machine, so the services a comparison does
+        not call would only take CPU from the ones it measures (on a cluster they run elsewhere, and
+        idle). Comparisons start this part only (``Session.mesh(..., serving=...)``)."""
+        if service not in self.services:
+            raise ValueError(f"no service {service!r}; services: {', '.join(self.services)}")
+        placed = self.nodes()
+        tree = self.call_tree(service)
+        return Topology(
+            services={n: self.services[n].model_copy(update={"node": placed[n]}) for n in tree},
+            loadgen_node=self.node_order()[0],
+        )
 
     def calls_per_request(self, service: str | None = None) -> int:
         """Calls one request entering ``service`` (default: the entry) makes in all, itself included:
