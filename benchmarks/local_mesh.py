@@ -7,8 +7,8 @@ Load goes to the leaf service ``pricing`` (one hop, as istio/tools measures): no
 serveronly = k6 -> inbound sidecar -> app; both(-mtls) = k6 -> client sidecar -> inbound sidecar
 -> app; ambient = k6 -> node proxy (capture) -> node proxy (HBONE) -> app (the load generator and
 pricing share node-1, so one node proxy process is both ends); ambient-waypoint = k6 -> node proxy
--> pricing's waypoint -> node proxy -> app. For every mode, alternating (W H W H ...) so drift of
-this shared machine hits both alike:
+-> pricing's waypoint -> node proxy -> app. For every mode, in alternating order (W H, then H W,
+...) so drift of this shared machine hits both alike:
 
 - **W**: the workbench as a comparison runs it: ``LocalMesh`` of the target's part of the demo
   (``Topology.serving``: pricing's call tree, every sidecar its mode gives it, the load generator on

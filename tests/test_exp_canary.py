@@ -34,7 +34,8 @@ CANARY_ONLY = {"v1": 0, "v2": 0, "v3": 100}
 # Short steps that can still decide: 300 rps in 1 s windows gives >= 75 canary requests per window
 # from 25 % on, 8 paired windows at the last look, two metrics (so each claim may spend alpha / 2);
 # margins wide enough for a loaded 2-core machine, while a 30 % error rate lies far beyond them. The
-# bad canary's first step holds 5 windows of ~30 canary requests: an error rate needs >= 3 windows,
+# bad canary's first step holds 8 windows of ~30 canary requests (5 were not always enough under
+# load: a CI run decided only at step 2): an error rate needs >= 3 windows,
 # and a confidence sequence (the default anytime looks) a few more than a fixed-sample interval.
 SUITE = """
 defaults:
@@ -58,7 +59,7 @@ experiments:
     canary: v3
     rps: 300
     metrics: [p50, error_rate]
-    steps: [{weight: 10, duration: 5s}, {weight: 25}, {weight: 50}, {weight: 100}]
+    steps: [{weight: 10, duration: 8s}, {weight: 25}, {weight: 50}, {weight: 100}]
     duration: 3s
   - name: long
     kind: canary

@@ -122,6 +122,43 @@ def test_cpu_shares_name_the_workbench_processes_and_the_rest_of_the_host() -> N
     assert note == "workbench's own processes Prometheus 2.5 %; rest of the host 12.0 % of all cores"
 
 
+def test_settled_reads_until_nothing_from_the_window_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's entry record is written last (when its response has left) and can miss the first
+    read after the load: ``settled`` reads again while records that started by the window's end keep
+    arriving, and stops at the first read that brings none (only later traffic, or nothing)."""
+    fan = _fanout("late", T0)
+    reads = [
+        parse_lines({"frontend-v1-inbound": fan["frontend-v1-inbound"]}),
+        parse_lines({"frontend-v1-outbound": fan["frontend-v1-outbound"]}),
+        parse_lines({"loadgen-outbound": [*fan["loadgen-outbound"], _line(T0 + 5, 1000, 900, rid="next")]}),
+        parse_lines({"loadgen-outbound": [_line(T0 + 6, 1000, 900, rid="after")]}),  # later traffic only
+        parse_lines({"catalog-v1-inbound": fan["catalog-v1-inbound"]}),  # never read: the wait ended
+    ]
+
+    class Scripted:
+        def read(self) -> pd.DataFrame:
+            return reads.pop(0)
+
+    waits: list[float] = []
+    monkeypatch.setattr(proxycost.time, "sleep", waits.append)
+    got = proxycost.settled(Scripted(), end=T0 + 1)  # type: ignore[arg-type]
+    assert len(reads) == 1 and waits == [proxycost.FLUSH_S] * 3
+    t = proxycost.traversals(got, T0 - 1, T0 + 1)
+    assert sorted(t["sidecar"]) == ["frontend-v1-inbound", "frontend-v1-outbound", "frontend-v1-outbound",
+                                    "loadgen-outbound"]  # fmt: skip
+    # a read with nothing at all ends the wait too; the limit bounds it when records never stop
+    reads[:] = [parse_lines({}), parse_lines({}), parse_lines({})]
+    assert not len(proxycost.settled(Scripted(), end=T0 + 1)) and len(reads) == 1  # type: ignore[arg-type]
+
+    class Endless:
+        def read(self) -> pd.DataFrame:
+            return parse_lines({"frontend-v1-inbound": fan["frontend-v1-inbound"]})
+
+    clock = iter(np.arange(0.0, 100.0, 1.0))
+    monkeypatch.setattr(proxycost.time, "monotonic", lambda: float(next(clock)))
+    assert len(proxycost.settled(Endless(), end=T0 + 1, limit_s=3.0)) == 3  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------------------------------
 # On the real local mesh
 
@@ -133,7 +170,7 @@ def _own_by_sidecar(mesh: object, tail: AccessLogTail, rps: float) -> pd.Series:
     result = mesh.run_load("pricing", LoadProfile(rps=rps, connections=4, duration_s=6, warmup_s=1))  # type: ignore[attr-defined]
     start, end = proxycost.measured_window(result)
     time.sleep(max(0.0, end + proxycost.FLUSH_S - time.time()))
-    t = proxycost.traversals(tail.read(), start, end)
+    t = proxycost.traversals(proxycost.settled(tail, end), start, end)
     return t[t["forwarded"]].groupby("sidecar")["own_ms"].median()
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "per_traversal",
     "point_cost",
     "role_of",
+    "settled",
     "sweep_costs",
     "traversals",
 ]
@@ -299,6 +300,7 @@ def _q(frame: pd.DataFrame, column: str, q: float) -> float:
 
 TRAVERSALS_DIR = "traversals"
 FLUSH_S = ACCESS_LOG_FLUSH_S + 0.25  # the sidecars' access-log flush interval, and a margin
+SETTLE_LIMIT_S = 10.0  # the longest ``settled`` waits for a point's late records
 
 
 class TraversalRecorder:
@@ -330,10 +332,34 @@ class TraversalRecorder:
         if tail is None:
             return
         start, end = measured_window(result)
-        time.sleep(max(0.0, end + FLUSH_S - time.time()))
-        found = traversals(tail.read(), start, end)
+        # k6 has exited, so every request has ended; its last records reach the file within a
+        # flush interval of now, which on a busy machine can be well after ``end``
+        time.sleep(max(FLUSH_S, end + FLUSH_S - time.time()))
+        found = traversals(settled(tail, end), start, end)
         self.directory.mkdir(parents=True, exist_ok=True)
         found.to_parquet(self.directory / f"{point.name}.parquet", index=False)
+
+
+def settled(tail: AccessLogTail, end: float, limit_s: float = SETTLE_LIMIT_S) -> pd.DataFrame:
+    """Every record the sidecars log for requests that started by epoch second ``end``.
+
+    Call it a flush interval after the load generator exited. A request's last record (its entry
+    proxy's, written when the response has left) and Envoy's flush can still lag on a busy machine
+    (a point once counted 4.993 client-outbound traversals per request where every request makes
+    5: ~4 records of 3,010 were read too early), so this reads again every flush interval until a
+    read brings no record that started by ``end`` (later records are other traffic), for at most
+    ``limit_s`` seconds.
+    """
+    frames = [tail.read()]
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(FLUSH_S)
+        more = tail.read()
+        frames.append(more)
+        if not len(more) or not (more["start"] <= end).any():
+            break
+    full = [f for f in frames if len(f)]
+    return pd.concat(full, ignore_index=True) if full else frames[0]
 
 
 def measured_window(result: LoadResult) -> tuple[float, float]:

@@ -342,8 +342,10 @@ class AB(_Loaded):
             how = f"{field} {r.header or r.cookie}={r.value} on {_nums([r.percent])}%"
         return f"{v.baseline} vs {v.candidate}, {how}, {_rate(self.rps)}, {', '.join(self.metrics)}"
 
-    def planned_seconds(self) -> float:
-        return (self.duration or 0) * (2 if self.ground_truth else 1) + (self.warmup or 0)
+    def planned_seconds(self) -> float:  # ground truth: half the duration before, half after, each warmed up
+        return (self.duration or 0) * (2 if self.ground_truth else 1) + (self.warmup or 0) * (
+            3 if self.ground_truth else 1
+        )
 
 
 class Canary(_Loaded):
