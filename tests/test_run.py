@@ -117,7 +117,7 @@ def test_quick_mesh_comparison_probes_its_rate_and_has_no_interval(quick_run: Ru
     assert any(st["ok"] and st["rps"] == probe["capacity_rps"] for st in steps)
     assert any(not st["ok"] for st in steps)  # the probe went past the capacity to know it
     points = {p.stem for p in (quick_run.data / "sidecar-overhead" / "points").glob("*.json")}
-    assert points == {f"{m}_rps{probe['rps']:g}_c1_rep0" for m in ("none", "both-mtls")}
+    assert points == {f"{m}_rps{probe['rps']:g}_c16_rep0" for m in ("none", "both-mtls")}
     assert f"rps auto: {probe['rps']:g} rps" in r["headline"] and r["figures"]["rps"] == probe["rps"]
     assert r["verdict"] in ("measured", "saturated")
     if r["verdict"] == "measured":
