@@ -205,7 +205,8 @@ def test_bad_canary_is_rolled_back_at_the_first_step(suite: Path, mesh_state: Pa
 
 
 SCRIPT = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks if it hangs
 from workbench.experiments import canary, open_session
 from workbench.load import storage
 from workbench.load.results import LoadResult
@@ -234,7 +235,14 @@ def test_a_signal_mid_step_restores_stable(
         assert LocalMesh.attach(mesh_state).get_split("reviews") == {"v1": 50, "v2": 0, "v3": 50}
         time.sleep(1.0)  # mid-step: k6 is running
         proc.send_signal(signum)
-        output, _ = proc.communicate(timeout=30)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a CI run once hung here: show where every thread was
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            proc.kill()
+            output, _ = proc.communicate()
+            pytest.fail(f"still running 30 s after {signum.name}; its output and stacks:\n{output[-8000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
