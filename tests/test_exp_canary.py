@@ -207,6 +207,10 @@ def test_bad_canary_is_rolled_back_at_the_first_step(suite: Path, mesh_state: Pa
 SCRIPT = """
 import faulthandler, signal, sys
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks if it hangs
+# Ctrl-C in a terminal: started from a background job (make test's lanes, CI run with '&'), SIGINT
+# is inherited as ignored and Python then installs no KeyboardInterrupt handler (the stacks of a
+# hang showed k6 still awaited 30 s after SIGINT)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from workbench.experiments import canary, open_session
 from workbench.load import storage
 from workbench.load.results import LoadResult
