@@ -14,7 +14,10 @@ pricing share node-1, so one node proxy process is both ends); ambient-waypoint 
   (``Topology.serving``: pricing's call tree, every sidecar its mode gives it, the load generator on
   its demo node), without the workbench's own telemetry, and ``run_load``;
 - **H**: by hand: only the pricing app and the sidecars on the path, from the same config files,
-  and the same k6 script run as a plain subprocess.
+  and the same k6 script run as a plain subprocess. Each process gets its own session, as the
+  workbench starts its processes (``setsid``): with the kernel's autogroup scheduling
+  (``sched_autogroup_enabled``) CPU is shared between sessions first, so H in one shared session
+  and W in one session per process would differ in scheduling, not in the workbench's code.
 
 Each repetition measures the capacity at 64 connections, found by bisection to +-5 %
 (``load.capacity.search``), W then H, then H then W, ...; the capacity is the median of the
@@ -169,7 +172,13 @@ def workbench(mode: str, run_dir: Path) -> Iterator[Callable[[float, int, float]
 
 def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with open(log, "w") as fh:
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        return subprocess.Popen(
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
 
 
 def _wait_listening(ports: list[int], timeout: float = 20) -> None:
@@ -194,7 +203,7 @@ def _hand_point(
     cmd = [str(k6), "run", "--quiet", "--no-summary", "--address", "127.0.0.1:0", "--out", f"csv={csv}",
            "--system-tags=status,scenario", str(script)]  # fmt: skip
     subprocess.run(cmd, env={"K6_CSV_TIME_FORMAT": "unix_micro", "PATH": "/usr/bin:/bin"}, check=True,
-                   capture_output=True)  # fmt: skip
+                   capture_output=True, start_new_session=True)  # fmt: skip
     # read after the run, as the workbench's own parser does (the same CSV columns)
     samples, dropped, start = parse_samples(csv)
     lat = samples["latency_ms"].to_numpy()
