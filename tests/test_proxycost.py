@@ -164,6 +164,7 @@ def test_settled_reads_until_nothing_from_the_window_arrives(monkeypatch: pytest
 
 
 def _own_by_sidecar(mesh: object, tail: AccessLogTail, rps: float) -> pd.Series:
+    """The median own time per sidecar (ms) over a short load point on pricing."""
     from workbench.load.results import LoadProfile
 
     tail.skip()
@@ -174,11 +175,47 @@ def _own_by_sidecar(mesh: object, tail: AccessLogTail, rps: float) -> pd.Series:
     return t[t["forwarded"]].groupby("sidecar")["own_ms"].median()
 
 
+class _TimerLateness:
+    """How late a 2 ms timer fires on this host while the block runs: a thread sleeps 2 ms over
+    and over and records the overshoot (median, ms). A sidecar-free measure of what a timer such
+    as Envoy's fault delay delivers beyond its setting at the same time."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.overshoot: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True)
+
+    def _probe(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            time.sleep(0.002)
+            self.overshoot.append((time.perf_counter() - t0) * 1000.0 - 2.0)
+
+    def __enter__(self) -> _TimerLateness:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.overshoot))
+
+
 @pytest.mark.slow
 def test_a_fault_delay_inside_one_sidecar_shows_up_in_its_own_time_only(tmp_path: Path) -> None:
     """Envoy's fault filter delays 2 ms at 100 % inside pricing's inbound sidecar: its own time
-    rises by 2 ms (±10 %), the load generator's sidecar (whose upstream now includes the delay)
-    stays as it was."""
+    rises by the delay delivered (±10 %); the load generator's sidecar's own time (whose upstream
+    now includes the delay) stays as it was.
+
+    Envoy's delay is a timer: it never fires early, and it fires late by the host's wake-up time.
+    The delay delivered is the 2 ms plus that lateness, measured at the same time by a 2 ms timer
+    outside the mesh (about 0.1 ms on an idle host; one CI-equivalent run beside other lanes saw
+    +2.2 ms of own time, on the edge of ±10 % around the bare 2 ms)."""
     from workbench.backends.local import LocalMesh
     from workbench.backends.traffic import Fault
 
@@ -186,11 +223,14 @@ def test_a_fault_delay_inside_one_sidecar_shows_up_in_its_own_time_only(tmp_path
         tail = AccessLogTail(mesh.run_dir / "envoy")
         before = _own_by_sidecar(mesh, tail, 100)
         mesh.set_fault("pricing", Fault(delay=0.002, percent=100), at="server")
-        after = _own_by_sidecar(mesh, tail, 100)
+        with _TimerLateness() as late:
+            after = _own_by_sidecar(mesh, tail, 100)
     change = (after - before).dropna()
+    delivered = 2.0 + late.median_ms
+    figures = {**change.to_dict(), "delay delivered": delivered}
     assert set(change.index) == {"loadgen-outbound", "pricing-v1-inbound"}
-    assert change["pricing-v1-inbound"] == pytest.approx(2.0, rel=0.10), change.to_dict()
-    assert abs(change["loadgen-outbound"]) < 0.2, change.to_dict()
+    assert change["pricing-v1-inbound"] == pytest.approx(delivered, rel=0.10), figures
+    assert abs(change["loadgen-outbound"]) < 0.2, figures
     assert np.isfinite(before).all() and (before > 0).all()
 
 
