@@ -161,17 +161,21 @@ def test_a_compared_mesh_runs_only_what_the_target_calls(suite: Path, tmp_path: 
     from workbench.errors import BackendError
 
     s = open_session(suite, "mc", run_dir=tmp_path)
+    built = []
     try:
-        mesh = s.mesh("both", fresh=True, serving="catalog")  # built, not started
+        built.append(mesh := s.mesh("both", fresh=True, serving="catalog"))  # built, not started
         assert list(mesh.topology.services) == ["catalog", "pricing"] and not mesh.telemetry
-        assert list(s.mesh("both", fresh=True, serving="frontend").topology.services) == [
-            "frontend", "catalog", "pricing", "reviews", "ratings"
-        ]  # fmt: skip
-        assert len(s.mesh("both", fresh=True).topology.services) == 5  # no target: the whole topology
+        built.append(mesh := s.mesh("both", fresh=True, serving="frontend"))
+        assert list(mesh.topology.services) == ["frontend", "catalog", "pricing", "reviews", "ratings"]
+        built.append(mesh := s.mesh("both", fresh=True))
+        assert len(mesh.topology.services) == 5  # no target: the whole topology
         with pytest.raises(BackendError, match="no service 'nope'; services: frontend"):
             s.mesh("both", fresh=True, serving="nope")
     finally:
+        for mesh in built:  # a mesh that was never started still owns its run directory
+            mesh.stop()
         s.close()
+    assert not any(mesh.run_dir.exists() for mesh in built)
 
 
 @pytest.mark.slow
